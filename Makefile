@@ -1,0 +1,40 @@
+# Two commands do all the set-up on a fresh clone: `make demo` and `make test`.
+# Both are idempotent: a second run skips what is done.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export HF_HUB_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: demo test install model lint clean-venv
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+# torch is pinned and installed first so pip never resolves a CUDA build (GPU users: install
+# your CUDA build of torch==2.13.0 into .venv before running make).
+$(STAMP): $(BIN)/python pyproject.toml
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+model: install
+	$(BIN)/steerkit models pull smollm2-135m
+
+demo: model
+	$(BIN)/steerkit verify --model smollm2-135m
+
+test: model
+	$(BIN)/steerkit corpus check corpora/
+	$(BIN)/python -m pytest -q -x --durations=15
+
+lint: install
+	$(BIN)/ruff check steerkit tests
+	$(BIN)/ruff format --check steerkit tests
+
+clean-venv:
+	rm -rf $(VENV)

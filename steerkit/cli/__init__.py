@@ -1,0 +1,66 @@
+"""The `steerkit` command line. Each command parses options, calls the library, writes files.
+
+Heavy libraries are imported inside commands so `steerkit --help` is instant. A SteerkitError
+becomes one line on stderr and exit code 2 (a traceback only with --debug).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+import click
+
+from ..errors import SteerkitError
+
+
+class _Group(click.Group):
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except SteerkitError as e:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: completed work is cached; run the same command again to resume", err=True)
+            sys.exit(130)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--debug", is_flag=True, help="Show tracebacks instead of one-line errors.")
+@click.option("-v", "--verbose", is_flag=True, help="Log diagnostics (INFO level).")
+@click.pass_context
+def main(ctx: click.Context, debug: bool, verbose: bool) -> None:
+    """steerkit: capture, concept vectors, quality reports and causal tests for recurrent,
+    hybrid and transformer language models."""
+    ctx.ensure_object(dict)
+    ctx.obj["debug"] = debug
+    logging.basicConfig(
+        level=logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    import os
+    import warnings
+
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    warnings.filterwarnings("ignore", message=".*falling back to its reference PyTorch.*")
+    for name in ("transformers", "huggingface_hub", "accelerate"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:  # transformers' own progress bars and notes
+        from transformers.utils import logging as tlog  # noqa: PLC0415
+
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # pragma: no cover - transformers missing is reported by the command
+        pass
+
+
+from . import corpus as _corpus  # noqa: E402,F401  (registers commands)
+from . import models as _models  # noqa: E402,F401

@@ -1,0 +1,200 @@
+"""Resolve a model spec -> (model, tokenizer, adapter, info).
+
+A spec is a zoo alias (`smollm2-135m`), a local Hugging Face directory, a `.gguf` file, or a
+hub id (`org/name`, needs the network unless already in the HF cache).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ModelLoadError
+from . import zoo
+from .adapters import Adapter, adapter_for
+
+log = logging.getLogger(__name__)
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+_DTYPES = ("float32", "bfloat16", "float16")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM with its tokenizer, its adapter and what we learnt loading it.
+
+    info keys: spec, source ('zoo'|'dir'|'gguf'|'hub'), path, family, model_type, n_params,
+    missing_keys, unexpected_keys, mismatched_keys, load_seconds, dtype, device, fingerprint.
+    """
+
+    model: Any
+    tokenizer: Any
+    adapter: Adapter
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+def _resolve(spec: str) -> tuple[str, Path | str, str | None]:
+    """(source, location, gguf_file) for a spec, without loading anything."""
+    if spec in zoo.ZOO:
+        return "zoo", zoo.pull(spec), None
+    p = Path(spec).expanduser()
+    if p.exists():
+        if p.is_file():
+            if p.suffix == ".gguf":
+                return "gguf", p.parent, p.name
+            raise ModelLoadError(f"{spec} is a file but not a .gguf; pass a model directory, a .gguf file or a hub id")
+        if not (p / "config.json").is_file():
+            raise ModelLoadError(f"{spec} has no config.json: it is not a Hugging Face model directory")
+        return "dir", p, None
+    looks_like_path = spec.startswith((".", "/", "~")) or spec.endswith(".gguf") or os.sep + os.sep in spec
+    if looks_like_path or not _HUB_ID.match(spec) or spec.count("/") > 1:
+        raise ModelLoadError(
+            f"model path {spec} does not exist; pass an existing directory, a .gguf file, "
+            f"a hub id, or a zoo alias ({', '.join(sorted(zoo.ZOO))})"
+        )
+    if "/" not in spec:
+        raise ModelLoadError(
+            f"unknown model {spec!r}: not a zoo alias ({', '.join(sorted(zoo.ZOO))}), not a path, "
+            "and hub ids look like org/name"
+        )
+    return "hub", spec, None
+
+
+def fingerprint(model: Any, spec: str) -> str:
+    """A short stable id of (spec, config, a sample of the weights): changes when weights do."""
+    h = hashlib.sha256()
+    h.update(spec.encode())
+    cfg = model.config.to_dict()
+    for k in ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "_attn_implementation_autoset"):
+        cfg.pop(k, None)
+    h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
+    import torch
+
+    with torch.no_grad():
+        for i, (name, p) in enumerate(model.named_parameters()):
+            if i % 7 == 0 or name.endswith("embed_tokens.weight"):
+                flat = p.detach().reshape(-1)
+                sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
+                h.update(name.encode())
+                h.update(sample.numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load(
+    spec: str | None = None,
+    *,
+    dtype: str | None = None,
+    device: str = "cpu",
+    device_map: str | dict[str, Any] | None = None,
+    trust_remote_code: bool = False,
+) -> LoadedModel:
+    """Load `spec` (default: the zoo's default model) in eval mode.
+
+    dtype: 'float32' (default on CPU), 'bfloat16' or 'float16'. device_map is passed to
+    transformers (e.g. 'auto' to shard over GPUs); otherwise the model is moved to `device`.
+    """
+    spec = spec or zoo.DEFAULT_MODEL
+    if dtype is not None and dtype not in _DTYPES:
+        raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    source, where, gguf_file = _resolve(spec)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    t0 = time.perf_counter()
+    kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code, "output_loading_info": True}
+    kwargs["dtype"] = getattr(torch, dtype or "float32")
+    if gguf_file:
+        kwargs["gguf_file"] = gguf_file
+    if device_map is not None:
+        kwargs["device_map"] = device_map
+    try:
+        tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
+        model, loading_info = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except ModelLoadError:
+        raise
+    except Exception as e:  # transformers raises many types; the user needs one line
+        raise ModelLoadError(_explain(spec, source, e)) from e
+    if device_map is None:
+        model = model.to(device)
+    model.eval()
+    adapter = adapter_for(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    info = {
+        "spec": spec,
+        "source": source,
+        "path": str(where),
+        "family": adapter.family,
+        "model_type": model.config.model_type,
+        "n_params": n_params,
+        "missing_keys": sorted(loading_info.get("missing_keys", [])),
+        "unexpected_keys": sorted(loading_info.get("unexpected_keys", [])),
+        "mismatched_keys": sorted(str(k) for k in loading_info.get("mismatched_keys", [])),
+        "load_seconds": round(time.perf_counter() - t0, 2),
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+        "fingerprint": fingerprint(model, spec),
+    }
+    prepare_tokenizer(tok, info)
+    return LoadedModel(model, tok, adapter, info)
+
+
+def from_model(model: Any, tokenizer: Any, spec: str = "<in-memory>") -> LoadedModel:
+    """Wrap an already loaded model (e.g. a tiny random one) without touching its weights."""
+    adapter = adapter_for(model)
+    info = {
+        "spec": spec,
+        "source": "memory",
+        "path": None,
+        "family": adapter.family,
+        "model_type": model.config.model_type,
+        "n_params": sum(p.numel() for p in model.parameters()),
+        "missing_keys": [],
+        "unexpected_keys": [],
+        "mismatched_keys": [],
+        "load_seconds": 0.0,
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "device": str(next(model.parameters()).device),
+        "fingerprint": fingerprint(model, spec),
+    }
+    prepare_tokenizer(tokenizer, info)
+    return LoadedModel(model, tokenizer, adapter, info)
+
+
+def prepare_tokenizer(tok: Any, info: dict[str, Any]) -> None:
+    """Make sure a pad token exists (eos, else token 0) and record what was done."""
+    note = None
+    if tok.pad_token is None:
+        if tok.eos_token is not None:
+            tok.pad_token = tok.eos_token
+            note = f"pad token was missing; set to eos {tok.eos_token!r}"
+        else:
+            tok.pad_token = tok.convert_ids_to_tokens(0)
+            note = "pad token and eos were missing; set pad to token id 0"
+    info["pad_token_note"] = note
+    info["padding_side"] = tok.padding_side
+
+
+def _explain(spec: str, source: str, e: Exception) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    if source == "hub" and (
+        os.environ.get("HF_HUB_OFFLINE")
+        or "offline" in msg.lower()
+        or "connect" in msg.lower()
+        or "not found" in msg.lower()
+        or "couldn't" in msg.lower()
+    ):
+        return (
+            f"could not fetch {spec!r} from the Hugging Face hub (HF_HUB_OFFLINE="
+            f"{os.environ.get('HF_HUB_OFFLINE', 'unset')}): pass a local directory or a zoo alias "
+            f"({', '.join(sorted(zoo.ZOO))}), or unset HF_HUB_OFFLINE and check the network"
+        )
+    if "safetensors" in msg.lower() or "header" in msg.lower() or "deserializ" in msg.lower():
+        return f"could not read the weights of {spec}: {msg[:200]} (is a .safetensors file corrupt or truncated?)"
+    return f"could not load {spec}: {type(e).__name__}: {msg[:240]}"

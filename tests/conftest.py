@@ -1,0 +1,73 @@
+"""Shared fixtures: offline mode, seeds, one tiny random model per family, the real models."""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ["TRANSFORMERS_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import tiny_models  # noqa: E402
+import tiny_tokenizer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_RWKV = ROOT.parent / "shared" / "models" / "tiny-rwkv-4-660k"
+FAMILIES = list(tiny_models.CONFIGS)
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
+
+
+@pytest.fixture(scope="session")
+def tiny_tok():
+    return tiny_tokenizer.build()
+
+
+@pytest.fixture(scope="session")
+def tiny_lm_factory(tiny_tok):
+    """family -> LoadedModel wrapping a fresh tiny random model (cached per session)."""
+    from steerkit.models import from_model
+
+    cache: dict[str, object] = {}
+
+    def make(family: str):
+        if family not in cache:
+            cache[family] = from_model(tiny_models.build(family), tiny_tok, spec=f"tiny-{family}")
+        return cache[family]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    """The real default model (pulled by `make test` before pytest runs)."""
+    from steerkit.models import load, zoo
+
+    if not zoo.is_present("smollm2-135m"):
+        pytest.skip("smollm2-135m is not cached; run `steerkit models pull smollm2-135m`")
+    return load("smollm2-135m")
+
+
+@pytest.fixture(scope="session")
+def shared_rwkv():
+    if not SHARED_RWKV.is_dir():
+        pytest.skip("../shared/models/tiny-rwkv-4-660k is absent")
+    from steerkit.models import load
+
+    return load(str(SHARED_RWKV))

@@ -1,0 +1,102 @@
+"""Adapter oracles, every family: block hooks vs output_hidden_states, per-head decomposition
+through the mixer out-projection, MLP down-projection orientation."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES
+
+from steerkit.errors import UnsupportedArchitectureError
+from steerkit.models.adapters import adapter_for, get_module
+
+
+def _run_with_hooks(lm, ids):
+    a, model = lm.adapter, lm.model
+    blocks, mix_in, mix_out, down_in, down_out = {}, {}, {}, {}, {}
+    handles = []
+    for i, b in enumerate(a.blocks(model)):
+        info = a.block_info(model, i)
+        handles.append(
+            b.register_forward_hook(
+                lambda m, inp, out, i=i: blocks.__setitem__(i, a.read_hidden(model, i, out).clone())
+            )
+        )
+        handles.append(
+            a.mixer_out_module(model, i).register_forward_hook(
+                lambda m, inp, out, i=i: mix_in.__setitem__(i, inp[0].clone())
+            )
+        )
+        handles.append(
+            get_module(b, info.mixer).register_forward_hook(
+                lambda m, inp, out, i=i: mix_out.__setitem__(i, a.get_hidden(out).clone())
+            )
+        )
+        down = a.mlp_down_module(model, i)
+        if down is not None:
+
+            def keep(m, inp, out, i=i):
+                down_in[i], down_out[i] = inp[0].clone(), out.clone()
+
+            handles.append(down.register_forward_hook(keep))
+    try:
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True)
+    finally:
+        for h in handles:
+            h.remove()
+    return out, blocks, mix_in, mix_out, down_in, down_out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_adapter_oracles(family, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    a, model = lm.adapter, lm.model
+    ids = torch.randint(0, 256, (2, 9))
+    out, blocks, mix_in, mix_out, down_in, down_out = _run_with_hooks(lm, ids)
+    hs = out.hidden_states
+    n = a.n_blocks(model)
+    assert len(blocks) == n
+    # 1. block outputs follow the family's output_hidden_states rule; the last one is pre-norm
+    for i in range(n - 1):
+        torch.testing.assert_close(blocks[i], hs[a.hidden_states_index(i)], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(a.final_norm(model)(blocks[n - 1]), hs[-1], atol=1e-5, rtol=1e-5)
+    for i in range(n):
+        info = a.block_info(model, i)
+        # 2. per-head pieces through the out-projection sum to the mixer output
+        x = mix_in[i]
+        proj = a.mixer_out_module(model, i)
+        w = proj.weight.t() if type(proj).__name__ == "Conv1D" else proj.weight  # (out, in)
+        h, d = (info.n_heads, info.head_dim) if info.n_heads else (1, x.shape[-1])
+        assert h * d == x.shape[-1], f"block {i}: {h}x{d} != {x.shape[-1]}"
+        per_head = torch.einsum("bthd,ohd->btho", x.view(*x.shape[:2], h, d), w.view(w.shape[0], h, d))
+        recon = per_head.sum(2) + (proj.bias if proj.bias is not None else 0)
+        torch.testing.assert_close(recon, mix_out[i], atol=1e-5, rtol=1e-4)
+        # 3. the MLP down weight is (hidden, intermediate) and reproduces the down-projection
+        wd = a.mlp_down_weight(model, i)
+        if info.mlp_down is None:
+            assert wd is None and info.no_mlp_reason
+            continue
+        hidden = blocks[i].shape[-1]
+        assert wd.shape == (hidden, down_in[i].shape[-1])
+        bias = get_module(a.blocks(model)[i], info.mlp_down).bias
+        torch.testing.assert_close(
+            down_in[i] @ wd.t() + (bias if bias is not None else 0), down_out[i], atol=1e-5, rtol=1e-4
+        )
+
+
+def test_hybrid_block_kinds(tiny_lm_factory):
+    lm = tiny_lm_factory("qwen3_5")
+    kinds = [i.kind for i in lm.adapter.block_infos(lm.model)]
+    assert kinds == ["linear_attention", "linear_attention", "linear_attention", "attention"]
+    lm = tiny_lm_factory("jamba")
+    assert [i.kind for i in lm.adapter.block_infos(lm.model)] == ["ssm", "attention", "ssm", "attention"]
+
+
+def test_unsupported_architecture_is_one_line():
+    import transformers as T
+
+    model = T.AutoModelForCausalLM.from_config(T.BloomConfig(vocab_size=64, hidden_size=16, n_layer=1, n_head=2))
+    with pytest.raises(UnsupportedArchitectureError) as e:
+        adapter_for(model)
+    assert "register_adapter" in str(e.value) and "\n" not in str(e.value)
