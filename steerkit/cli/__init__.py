@@ -62,5 +62,6 @@ def _quiet_libraries() -> None:
         pass
 
 
-from . import corpus as _corpus  # noqa: E402,F401  (registers commands)
+from . import capture as _capture  # noqa: E402,F401  (registers commands)
+from . import corpus as _corpus  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401

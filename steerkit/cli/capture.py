@@ -1,0 +1,110 @@
+"""`steerkit capture`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import main
+from .common import model_options
+from .progress import progress_bar
+
+
+@main.command()
+@model_options
+@click.option(
+    "--texts",
+    "texts_path",
+    required=True,
+    type=click.Path(),
+    help="A .txt (--- separated, else one per line) or .jsonl file, or a folder of them.",
+)
+@click.option("--layers", default="-1", show_default=True, help="e.g. 12 | -1 | 0.5 | 4:10 | all (comma-separated).")
+@click.option("--site", "sites", default="resid", show_default=True, help="Comma-separated: resid, heads, mlp.")
+@click.option("--pooling", default="last", show_default=True, help="last | mean | mean_after:N.")
+@click.option("--max-batch-tokens", default=4096, show_default=True, help="Padded tokens per batch.")
+@click.option("--max-tokens", default=None, type=int, help="Truncate texts to this many tokens.")
+@click.option(
+    "--cache-dir",
+    default=None,
+    type=click.Path(),
+    help="Activation cache (default $STEERKIT_CACHE/activations); 'none' disables.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
+@click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
+@click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight.")
+def capture(
+    model: str | None,
+    trust_remote_code: bool,
+    dtype: str | None,
+    device: str,
+    texts_path: str,
+    layers: str,
+    sites: str,
+    pooling: str,
+    max_batch_tokens: int,
+    max_tokens: int | None,
+    cache_dir: str | None,
+    out_dir: str,
+    no_preflight: bool,
+    allow_untrained: bool,
+) -> None:
+    """Capture pooled activations of texts into OUT/activations.safetensors + OUT/capture.json."""
+    from ..capture import capture as run_capture
+    from ..capture import depth_label, parse_layers, parse_pooling
+    from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
+    from ..errors import SteerkitError
+    from ..models import load, preflight
+    from ..models.zoo import cache_root
+    from ..textio import read_texts
+
+    site_list = tuple(s.strip() for s in sites.split(",") if s.strip())
+    try:
+        parse_pooling(pooling)
+    except ValueError as e:
+        raise SteerkitError(str(e)) from e
+    items = read_texts(texts_path)
+    lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    n = lm.adapter.n_blocks(lm.model)
+    layer_list = parse_layers(layers, n)
+    if not no_preflight:
+        preflight.check(lm, allow_untrained=allow_untrained)
+    for layer in layer_list:
+        click.echo(depth_label(layer, n), err=True)
+    cdir = None if cache_dir == "none" else Path(cache_dir) if cache_dir else cache_root() / "activations"
+    try:
+        with progress_bar("capture") as bar:
+            res = run_capture(
+                lm,
+                [t for t, _ in items],
+                layer_list,
+                sites=site_list,
+                pooling=pooling,
+                max_batch_tokens=max_batch_tokens,
+                max_tokens=max_tokens,
+                cache_dir=cdir,
+                progress=bar,
+            )
+    except ValueError as e:
+        raise SteerkitError(str(e)) from e
+    out = Path(out_dir)
+    tensors = {f"{site}.layer_{layer}": v for site in site_list for layer, v in res.site(site).items()}
+    atomic_save_safetensors(tensors, out / "activations.safetensors")
+    meta = {
+        "format_version": 1,
+        "model": {k: lm.info[k] for k in ("spec", "family", "fingerprint")},
+        "layers": res.layers,
+        "sites": list(site_list),
+        "pooling": res.pooling,
+        "skipped": [{"site": s, "layer": la, "reason": r} for (s, la), r in res.skipped.items()],
+        "texts": [{"source": src} for _, src in items],
+        "stats": res.stats,
+    }
+    atomic_write_bytes(out / "capture.json", json.dumps(meta, indent=2).encode())
+    s = res.stats
+    click.echo(
+        f"captured {s['n_texts']} texts ({s['n_computed']} computed, {s['n_cached']} cached) "
+        f"in {s['seconds']:.1f} s -> {out}"
+    )

@@ -1,0 +1,165 @@
+"""Capture oracles: output_hidden_states rule, per-head reconstruction, padding and batching
+invariance, early stop, the cache and its corruption handling."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import FAMILIES
+
+from steerkit.capture import capture, make_batches, parse_layers, parse_pooling, pool
+from steerkit.capture.cache import ActivationCache
+from steerkit.errors import LayerSpecError
+from steerkit.models.adapters import get_module
+
+TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "She walked home in the rain.",
+    "Once upon a time, in a small village, there lived an old baker who rose before dawn.",
+    "Paris.",
+    "The quick brown fox jumps over the lazy dog.",  # duplicate
+    "He opened the letter at the kitchen table; the grade was good, and he smiled.",
+]
+
+
+def _reference(lm, text, layer):
+    """Block `layer`'s output for one text through the family's output_hidden_states rule."""
+    ids = lm.tokenizer(text, return_tensors="pt").input_ids
+    with torch.no_grad():
+        hs = lm.model(ids, output_hidden_states=True).hidden_states
+    n = lm.adapter.n_blocks(lm.model)
+    if layer == n - 1:  # the last entry carries the final norm: invert through a hook instead
+        return None, ids
+    return hs[lm.adapter.hidden_states_index(layer)][0], ids
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("pooling", ["last", "mean", "mean_after:2"])
+def test_resid_matches_hidden_states_rule(family, pooling, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    res = capture(lm, TEXTS, [0, 2], pooling=pooling, max_batch_tokens=64)
+    p = parse_pooling(pooling)
+    for layer in (0, 2):
+        for i, text in enumerate(TEXTS):
+            ref, _ = _reference(lm, text, layer)
+            want = pool(ref[None], torch.ones(1, ref.shape[0]), p)[0]
+            torch.testing.assert_close(res.resid[layer][i], want, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_heads_through_out_projection_equal_mixer_output(family, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    a, model = lm.adapter, lm.model
+    layers = list(range(a.n_blocks(model)))
+    res = capture(lm, TEXTS[:3], "all", sites=("heads",), pooling="mean")
+    for layer in layers:
+        info = a.block_info(model, layer)
+        if not info.n_heads:
+            assert ("heads", layer) in res.skipped and layer not in res.heads
+            continue
+        proj = a.mixer_out_module(model, layer)
+        w = proj.weight.t() if type(proj).__name__ == "Conv1D" else proj.weight
+        for i, text in enumerate(TEXTS[:3]):
+            got = {}
+            h = get_module(a.blocks(model)[layer], info.mixer).register_forward_hook(
+                lambda m, inp, out: got.__setitem__("o", a.get_hidden(out).mean(1)[0])
+            )
+            try:
+                with torch.no_grad():
+                    model(lm.tokenizer(text, return_tensors="pt").input_ids)
+            finally:
+                h.remove()
+            heads = res.heads[layer][i]  # (n_heads, head_dim)
+            assert heads.shape == (info.n_heads, info.head_dim)
+            recon = torch.einsum("hd,ohd->o", heads, w.view(w.shape[0], info.n_heads, info.head_dim))
+            recon = recon + (proj.bias if proj.bias is not None else 0)
+            torch.testing.assert_close(recon, got["o"], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen3"])
+def test_left_padding_equals_right_padding(family, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    for pooling in ("last", "mean"):
+        r = capture(lm, TEXTS, [1, 3], pooling=pooling, padding_side="right", sites=("resid", "mlp"))
+        le = capture(lm, TEXTS, [1, 3], pooling=pooling, padding_side="left", sites=("resid", "mlp"))
+        for layer in (1, 3):
+            torch.testing.assert_close(r.resid[layer], le.resid[layer], atol=1e-5, rtol=1e-4)
+            torch.testing.assert_close(r.mlp[layer], le.mlp[layer], atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_batch_size_one_equals_bucketed(family, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    one = capture(lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling="mean", max_batch_tokens=1)
+    big = capture(lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling="mean", max_batch_tokens=4096)
+    assert one.stats["n_batches"] == 5 and big.stats["n_batches"] == 1 and big.stats["n_unique"] == 5
+    for site in ("resid", "heads", "mlp"):
+        for layer, v in one.site(site).items():
+            torch.testing.assert_close(v, big.site(site)[layer], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(big.resid[1][0], big.resid[1][4])  # duplicates share values
+
+
+@pytest.mark.parametrize("family", ["llama", "rwkv", "mamba", "qwen3_5"])
+def test_early_stop_runs_no_later_block(family, tiny_lm_factory):
+    lm = tiny_lm_factory(family)
+    calls = [0] * lm.adapter.n_blocks(lm.model)
+    hs = [
+        b.register_forward_hook(lambda m, i, o, k=k: calls.__setitem__(k, calls[k] + 1))
+        for k, b in enumerate(lm.adapter.blocks(lm.model))
+    ]
+    head_calls = []
+    hh = lm.model.get_output_embeddings().register_forward_hook(lambda *a: head_calls.append(1))
+    try:
+        capture(lm, TEXTS[:2], 1)
+    finally:
+        for h in hs:
+            h.remove()
+        hh.remove()
+    assert calls[:2] == [1, 1] and calls[2:] == [0, 0] and not head_calls
+
+
+def test_cache_hit_and_corrupt_shard(tmp_path, tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    first = capture(lm, TEXTS, [1, 2], cache_dir=tmp_path, max_batch_tokens=32)
+    assert first.stats["n_computed"] == 5
+    again = capture(lm, TEXTS, [1, 2], cache_dir=tmp_path)
+    assert again.stats["n_computed"] == 0 and again.stats["n_cached"] == 5
+    torch.testing.assert_close(first.resid[2], again.resid[2], atol=0, rtol=0)
+    cache = ActivationCache(tmp_path, lm.info["fingerprint"])
+    victim = sorted(cache.shards)[0]
+    n_victim = len({k.split("|")[0] for k in cache.shards[victim]["keys"]})
+    data = bytearray((cache.dir / victim).read_bytes())
+    data[-3] ^= 0xFF
+    (cache.dir / victim).write_bytes(bytes(data))
+    third = capture(lm, TEXTS, [1, 2], cache_dir=tmp_path)
+    assert third.stats["n_computed"] == n_victim
+    torch.testing.assert_close(first.resid[2], third.resid[2], atol=1e-6, rtol=0)
+
+
+def test_layer_specs():
+    assert parse_layers("all", 4) == [0, 1, 2, 3]
+    assert parse_layers("-1", 30) == [29]
+    assert parse_layers("0.5", 31) == [15]
+    assert parse_layers("4:10:2,0", 30) == [0, 4, 6, 8]
+    assert parse_layers([1, -2], 4) == [1, 2]
+    with pytest.raises(LayerSpecError, match=r"layer 40 out of range: the model has 30 blocks \(0..29\)"):
+        parse_layers("40", 30)
+    for bad in ("x", "1.5", "5:2", ""):
+        with pytest.raises(LayerSpecError):
+            parse_layers(bad, 30)
+
+
+def test_make_batches_respects_budget():
+    lengths = [5, 50, 7, 3, 48, 9, 100]
+    batches = make_batches(lengths, max_batch_tokens=100)
+    assert sorted(i for b in batches for i in b) == list(range(7))
+    for b in batches:
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 100
+
+
+def test_invalid_site_and_pooling(tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    with pytest.raises(ValueError, match="valid: resid, heads, mlp"):
+        capture(lm, TEXTS, 1, sites=("attn",))
+    with pytest.raises(ValueError, match="valid: last, mean"):
+        capture(lm, TEXTS, 1, pooling="max")

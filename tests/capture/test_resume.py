@@ -1,0 +1,59 @@
+"""Resume after SIGKILL: rerun recomputes only the missing texts and gives identical output."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import tiny_models
+import torch
+
+from steerkit.capture import capture
+from steerkit.models import load
+
+TEXTS = [f"Story number {i}: the {'quick ' * (i % 7)}fox went to market {i} times." for i in range(40)]
+
+CHILD = textwrap.dedent(
+    """
+    import os, signal, sys, json
+    from steerkit.capture import capture
+    from steerkit.models import load
+    texts = json.loads(sys.argv[3])
+    lm = load(sys.argv[1])
+    state = {"calls": 0}
+    def progress(done, total):
+        state["calls"] += 1
+        if state["calls"] == 5:  # after 4 batches, die without any cleanup
+            os.kill(os.getpid(), signal.SIGKILL)
+    capture(lm, texts, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40,
+            cache_dir=sys.argv[2], progress=progress)
+    """
+)
+
+
+def test_sigkill_then_resume(tmp_path, tiny_tok):
+    import json
+
+    model_dir = tmp_path / "model"
+    tiny_models.build("qwen2").save_pretrained(model_dir)
+    tiny_tok.save_pretrained(model_dir)
+    cache = tmp_path / "cache"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", CHILD, str(model_dir), str(cache), json.dumps(TEXTS)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    lm = load(str(model_dir))
+    resumed = capture(lm, TEXTS, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40, cache_dir=cache)
+    assert 0 < resumed.stats["n_cached"] < len(TEXTS), resumed.stats
+    assert resumed.stats["n_computed"] == len(TEXTS) - resumed.stats["n_cached"]
+    fresh = capture(lm, TEXTS, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40)
+    for layer in fresh.resid:
+        torch.testing.assert_close(resumed.resid[layer], fresh.resid[layer], atol=1e-6, rtol=0)
+        torch.testing.assert_close(resumed.heads[layer], fresh.heads[layer], atol=1e-6, rtol=0)
