@@ -62,7 +62,7 @@ def test_heads_through_out_projection_equal_mixer_output(family, tiny_lm_factory
         for i, text in enumerate(TEXTS[:3]):
             got = {}
             h = get_module(a.blocks(model)[layer], info.mixer).register_forward_hook(
-                lambda m, inp, out: got.__setitem__("o", a.get_hidden(out).mean(1)[0])
+                lambda m, inp, out, got=got: got.__setitem__("o", a.get_hidden(out).mean(1)[0])
             )
             try:
                 with torch.no_grad():
