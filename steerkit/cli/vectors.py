@@ -1,0 +1,217 @@
+"""`steerkit extract`, `steerkit steer`, `steerkit read`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from . import main
+from .common import console
+from .progress import progress_bar
+
+
+@main.command()
+@click.option("--stories", default="corpora", show_default=True, type=click.Path(), help="Corpus folder.")
+@click.option("--model", "-m", default=None, help="Model spec (default: smollm2-135m).")
+@click.option("--layers", default=None, help="Layers (default: 8 blocks spread over 25%-85% of depth).")
+@click.option(
+    "--method",
+    type=click.Choice(["caa", "paired", "centered"]),
+    default="caa",
+    show_default=True,
+    help="Diff-of-means variant (docs/vectors.md).",
+)
+@click.option("--pooling", default=None, help="last | mean | mean_after:N (default mean_after:1, measured best).")
+@click.option("--out", default=None, type=click.Path(), help="Run folder (default: a new folder under runs/).")
+@click.option(
+    "--dtype",
+    "vec_dtype",
+    type=click.Choice(["float32", "bf16", "fp16"]),
+    default="float32",
+    show_default=True,
+    help="dtype of the saved vectors.",
+)
+@click.option("--max-batch-tokens", default=4096, show_default=True, help="Padded tokens per forward batch.")
+@click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
+@click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight (tests).")
+@click.option("--no-cache", is_flag=True, help="Do not use the activation cache.")
+def extract(
+    stories: str,
+    model: str | None,
+    layers: str | None,
+    method: str,
+    pooling: str | None,
+    out: str | None,
+    vec_dtype: str,
+    max_batch_tokens: int,
+    no_preflight: bool,
+    allow_untrained: bool,
+    no_cache: bool,
+) -> None:
+    """Concept vectors from a story corpus -> a run folder (readout + activations)."""
+    from ..errors import SteerkitError
+    from ..vectors.extract import DEFAULT_POOLING, ExtractConfig
+    from ..vectors.extract import extract as run_extract
+
+    try:
+        cfg = ExtractConfig(
+            stories=stories,
+            model=model,
+            layers=layers,
+            method=method,  # type: ignore[arg-type]
+            pooling=pooling or DEFAULT_POOLING,
+            out=out,
+            dtype=vec_dtype,
+            max_batch_tokens=max_batch_tokens,
+            preflight=not no_preflight,
+            allow_untrained=allow_untrained,
+            cache=not no_cache,
+        )
+    except ValueError as e:
+        raise SteerkitError(str(e)) from e
+    with progress_bar("extract") as bar:
+        run = run_extract(cfg, progress=bar, echo=lambda s: click.echo(s, err=True))
+    info = json.loads((run / "run.json").read_text())
+    s = info["stats"]
+    rate = f", {s['texts_per_second']} texts/s" if s.get("texts_per_second") else ""
+    click.echo(
+        f"extracted {len(json.loads((run / 'readout.json').read_text())['concepts'])} concepts from "
+        f"{s['n_texts']} texts in {info['seconds']:.0f} s{rate} -> {run}"
+    )
+
+
+def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
+    from ..errors import SteerkitError
+
+    out: dict[str, float] = {}
+    for p in pairs:
+        name, sep, val = p.partition("=")
+        try:
+            out[name.strip()] = float(val) if sep else 1.0
+        except ValueError as e:
+            raise SteerkitError(f"--concept {p!r}: use NAME=ALPHA, e.g. calm=4") from e
+    if not out:
+        raise SteerkitError("give at least one --concept NAME=ALPHA")
+    return out
+
+
+def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
+    q = vectors_dir / "quality.json"
+    if q.is_file():
+        try:
+            best = json.loads(q.read_text()).get("best_layer")
+            if best in layers:
+                return int(best)
+        except json.JSONDecodeError:
+            pass
+    return layers[len(layers) // 2]
+
+
+@main.command()
+@click.option("--vectors", "vectors_dir", required=True, type=click.Path(), help="A run folder from extract.")
+@click.option("--concept", "concepts", multiple=True, help="NAME=ALPHA (repeatable), e.g. calm=4 angry=-2.")
+@click.option("--layer", type=int, default=None, help="Block to steer (default: best_layer, else the middle one).")
+@click.option("--prompt", required=True, help="Prompt text.")
+@click.option("--max-new-tokens", default=60, show_default=True)
+@click.option(
+    "--scale",
+    type=click.Choice(["absolute", "relative"]),
+    default="absolute",
+    show_default=True,
+    help="absolute: alpha x raw diff-of-means; relative: alpha x local hidden norm x unit vector.",
+)
+@click.option("--compare", is_flag=True, help="Also show the unsteered text (same seed).")
+@click.option("--sample/--greedy", default=False, help="Sample (seeded) instead of greedy decoding.")
+@click.option("--seed", default=0, show_default=True)
+@click.option("--model", "-m", default=None, help="Model spec (default: the one the vectors were made with).")
+def steer(
+    vectors_dir: str,
+    concepts: tuple[str, ...],
+    layer: int | None,
+    prompt: str,
+    max_new_tokens: int,
+    scale: str,
+    compare: bool,
+    sample: bool,
+    seed: int,
+    model: str | None,
+) -> None:
+    """Generate with concept vectors added to a block's output."""
+    import torch
+
+    from ..models import load
+    from ..steering import steer as steer_ctx
+    from ..vectors import ConceptVectors
+
+    cv = ConceptVectors.load(vectors_dir)
+    weights = _parse_weights(concepts)
+    for name in weights:
+        cv.index(name)
+    layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
+    lm = load(model or cv.meta["model"]["spec"])
+    tok = lm.tokenizer
+    enc = tok(prompt, return_tensors="pt").to(next(lm.model.parameters()).device)
+
+    def generate() -> str:
+        torch.manual_seed(seed)
+        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id)
+        return tok.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
+
+    with steer_ctx(lm.model, cv, weights, layer, scale=scale, adapter=lm.adapter):  # type: ignore[arg-type]
+        steered = generate()
+    label = ", ".join(f"{k}={v:g}" for k, v in weights.items())
+    if compare:
+        click.echo(f"--- unsteered (layer {layer})\n{prompt}{generate()}\n")
+    click.echo(f"--- steered {label} ({scale}, layer {layer})\n{prompt}{steered}")
+
+
+@main.command()
+@click.option("--vectors", "vectors_dir", required=True, type=click.Path(), help="A run folder from extract.")
+@click.option("--text", default=None, help="Text to read.")
+@click.option("--file", "file_", default=None, type=click.Path(), help="Read the text from a file.")
+@click.option("--layer", type=int, default=None, help="Block (default: best_layer, else the middle one).")
+@click.option("--top", default=5, show_default=True, help="Concepts to show per token and pooled.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.option("--model", "-m", default=None, help="Model spec (default: the one the vectors were made with).")
+def read(
+    vectors_dir: str, text: str | None, file_: str | None, layer: int | None, top: int, as_json: bool, model: str | None
+) -> None:
+    """Project each token's hidden state on every concept; print the top concepts."""
+    from ..errors import SteerkitError
+    from ..models import load
+    from ..steering import read_tokens
+    from ..vectors import ConceptVectors
+
+    if (text is None) == (file_ is None):
+        raise SteerkitError("give exactly one of --text or --file")
+    if file_ is not None:
+        p = Path(file_)
+        if not p.is_file():
+            raise SteerkitError(f"--file {p} does not exist")
+        text = p.read_text(encoding="utf-8")
+    assert text is not None
+    if not text.strip():
+        raise SteerkitError("the text is empty")
+    cv = ConceptVectors.load(vectors_dir)
+    layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
+    lm = load(model or cv.meta["model"]["spec"])
+    r = read_tokens(lm, cv, text, layer)
+    k = min(top, len(cv.concepts))
+    pooled_top = r["pooled"].topk(k)
+    per_token = [
+        {"token": t, "top": [[cv.concepts[i], round(float(s), 3)] for s, i in zip(*row.topk(k), strict=True)]}
+        for t, row in zip(r["tokens"], r["scores"], strict=True)
+    ]
+    pooled = [[cv.concepts[i], round(float(s), 3)] for s, i in zip(*pooled_top, strict=True)]
+    if as_json:
+        click.echo(json.dumps({"layer": layer, "pooled": pooled, "tokens": per_token}, indent=1))
+        return
+    from rich.table import Table
+
+    t = Table("token", *[f"#{j + 1}" for j in range(k)], title=f"layer {layer}")
+    for row in per_token:
+        t.add_row(repr(row["token"]), *[f"{c} {s:+.2f}" for c, s in row["top"]])
+    console().print(t)
+    click.echo("pooled: " + ", ".join(f"{c} {s:+.2f}" for c, s in pooled))

@@ -1,0 +1,166 @@
+"""Corpus loader against hand-computed positives/negatives; every error from its own fixture."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from steerkit.cli import main
+from steerkit.corpus import avoid_hits, jaccard_shingles, load, split_stories
+from steerkit.errors import CorpusError
+
+FIXTURE = Path(__file__).parent / "fixtures" / "corpus_small"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_loader_positives_negatives_by_hand():
+    c = load(FIXTURE)
+    assert c.names == ["calm", "angry", "happy", "sad"]
+    assert len(c.texts) == 12 + 2 + 4  # 12 stories, 2 baselines, 4 framings
+    assert len(c.neutral) == 3
+    where = {t.where: i for i, t in enumerate(c.texts)}
+    calm_pos = {
+        where["stories/calm.txt:1"],
+        where["stories/calm.txt:3"],
+        where["stories/calm.txt:5"],
+        where["paired/park/calm.txt:1"],
+    }
+    assert set(c.positives("calm")) == calm_pos
+    assert set(c.negatives("calm")) == set(range(len(c.texts))) - calm_pos
+    assert where["paired/park/baseline.txt:1"] in c.negatives("angry")
+    assert c.scenarios["park"] == {
+        "baseline": where["paired/park/baseline.txt:1"],
+        "calm": where["paired/park/calm.txt:1"],
+        "angry": where["paired/park/angry.txt:1"],
+    }
+    assert c.report.errors == []
+
+
+def test_split_stories_lines():
+    raw = "first story\nline two\n---\n\nsecond\n---\n   \n"
+    assert split_stories(raw) == [(1, "first story\nline two"), (5, "second"), (8, "")]
+
+
+def _copy(tmp_path: Path) -> Path:
+    d = tmp_path / "c"
+    shutil.copytree(FIXTURE, d)
+    return d
+
+
+def _mutate_missing_manifest(d):
+    (d / "manifest.json").unlink()
+
+
+def _mutate_bad_json(d):
+    (d / "manifest.json").write_text("{not json")
+
+
+def _mutate_unlisted(d):
+    (d / "stories" / "proud.txt").write_text("She held up the trophy in front of the whole school and stood tall.")
+
+
+def _mutate_unused(d):
+    m = json.loads((d / "manifest.json").read_text())
+    m["concepts"].append({**m["concepts"][0], "name": "bored", "avoid": []})
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _mutate_non_utf8(d):
+    (d / "stories" / "sad.txt").write_bytes(b"The rain fell \xff\xfe on the roof.")
+
+
+def _mutate_no_baseline(d):
+    (d / "paired" / "park" / "baseline.txt").unlink()
+
+
+def _mutate_case(d):
+    (d / "stories" / "Calm.txt").write_text("The pond was flat and grey and nothing moved on it all morning.")
+
+
+def _mutate_few_positives(d):
+    (d / "stories" / "happy.txt").write_text("Only one story, with a grin on every face.")
+    shutil.rmtree(d / "paired" / "kitchen")
+
+
+def _mutate_symlink(d):
+    (d / "stories" / "extra.txt").symlink_to(d / "stories" / "sad.txt")
+
+
+@pytest.mark.parametrize(
+    "mutate, needle",
+    [
+        (_mutate_missing_manifest, "manifest.json is missing"),
+        (_mutate_bad_json, "malformed JSON"),
+        (_mutate_unlisted, "'proud' has story files but is not in manifest.json"),
+        (_mutate_unused, "'bored' is in manifest.json but has no stories"),
+        (_mutate_non_utf8, "not UTF-8 (invalid byte at offset 14)"),
+        (_mutate_no_baseline, "has no baseline.txt"),
+        (_mutate_case, "differ only by case"),
+        (_mutate_few_positives, "'happy' has 1 positives, fewer than --min-positives 3"),
+        (_mutate_symlink, "symlinks are not allowed"),
+    ],
+)
+def test_each_error_exits_2_with_one_line(tmp_path, mutate, needle):
+    d = _copy(tmp_path)
+    mutate(d)
+    res = CliRunner().invoke(main, ["corpus", "check", str(d)])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert any(needle in e for e in errors), res.output
+    with pytest.raises(CorpusError):
+        load(d)
+
+
+def test_allow_missing_turns_membership_errors_into_warnings(tmp_path):
+    d = _copy(tmp_path)
+    _mutate_unlisted(d)
+    res = CliRunner().invoke(main, ["corpus", "check", str(d), "--allow-missing"])
+    assert res.exit_code == 0 and "warning: concept 'proud'" in res.output
+
+
+def test_warnings_empty_avoid_duplicate_length(tmp_path):
+    d = _copy(tmp_path)
+    p = d / "stories" / "calm.txt"
+    first = p.read_text().split("---")[0].strip()
+    p.write_text(
+        p.read_text()
+        + "\n---\n   \n---\nIt was peaceful by the sea, the water flat and grey.\n---\n"
+        + first.replace("pale sky", "pale blue sky")
+        + "\n"
+    )
+    c = load(d, length_range=(20, 200))
+    w = "\n".join(c.report.warnings)
+    assert "empty story skipped" in w
+    assert "avoid word(s) peaceful" in w
+    assert "near duplicates" in w
+    assert "outside 20-200" in w
+    assert not c.report.errors
+
+
+def test_helpers():
+    assert avoid_hits("I felt so Angry, furious even", ["angry", "furious", "mad"]) == ["angry", "furious"]
+    assert avoid_hits("the madness", ["mad"]) == []
+    assert jaccard_shingles("a b c d e", "a b c d e") == 1.0
+
+
+def test_real_corpus_passes_check_without_avoid_warnings():
+    c = load(ROOT / "corpora")
+    assert c.report.errors == []
+    assert not [w for w in c.report.warnings if "avoid word" in w]
+    required = (
+        "happy sad angry afraid calm anxious curious bored proud ashamed grateful lonely disgusted surprised "
+        "hopeful guilty jealous content excited tender frustrated relieved nostalgic awed embarrassed "
+        "determined confused in_flow stuck piqued cozy resentful"
+    ).split()
+    assert len(c.concepts) >= 48 and set(required) <= set(c.names)
+    for name in c.names:
+        stories = [t for t in c.texts if any(s.kind == "story" and s.concept == name for s in t.sources)]
+        assert len(stories) >= 4, name
+    full = {s: m for s, m in c.scenarios.items() if "baseline" in m and len(m) >= 5}
+    assert len(full) >= 12
+    assert len({k for m in full.values() for k in m if k != "baseline"}) >= 30
+    assert len(c.neutral) >= 60
