@@ -123,7 +123,9 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
     block = lm.adapter.blocks(lm.model)[1]
     for scale in ("absolute", "relative"):
         outs = {}
-        h = block.register_forward_hook(lambda m, i, o: outs.__setitem__("last", lm.adapter.get_hidden(o).clone()))
+        h = block.register_forward_hook(
+            lambda m, i, o, outs=outs: outs.__setitem__("last", lm.adapter.get_hidden(o).clone())
+        )
         try:
             with torch.no_grad():
                 lm.model(ids)
@@ -133,7 +135,9 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
         seen = {}
         with steer(lm.model, cv, {"calm": 2.0, "angry": -1.0}, layer=1, scale=scale):
             # a hook registered after steer's sees the steered output
-            h = block.register_forward_hook(lambda m, i, o: seen.__setitem__("o", lm.adapter.get_hidden(o).clone()))
+            h = block.register_forward_hook(
+                lambda m, i, o, seen=seen: seen.__setitem__("o", lm.adapter.get_hidden(o).clone())
+            )
             try:
                 with torch.no_grad():
                     lm.model(ids)
