@@ -1,0 +1,122 @@
+"""Capture benchmark: steerkit capture vs the physical limit and vs what naive tools do.
+
+In one run, on the same texts (the first N corpus stories) and the same layers:
+  (a) bare base-model forward up to the last needed block, same batches: the physical limit;
+  (b) naive: full model(...) with output_hidden_states=True, one text at a time;
+  (c) steerkit capture, cold (empty cache);  (d) steerkit capture, warm (from the cache).
+Goals: (c)/(a) <= 1.05, (b)/(c) >= 3, (c)/(d) >= 20. Prints a table and writes JSON.
+
+    .venv/bin/python benchmarks/capture.py [--model smollm2-135m] [--n 200] [--also-tiny]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+from steerkit.capture import capture, default_spread  # noqa: E402
+from steerkit.capture.engine import _pad, _StopForward, make_batches  # noqa: E402
+from steerkit.corpus import load as load_corpus  # noqa: E402
+from steerkit.models import from_model, load  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def bare(lm, texts, layers, max_batch_tokens):
+    """(a): the same bucketed batches through the base model, stopped after the last block."""
+    enc = [lm.tokenizer(t).input_ids for t in dict.fromkeys(texts)]
+    blocks = lm.adapter.blocks(lm.model)
+
+    def stop(*_):
+        raise _StopForward
+
+    h = blocks[max(layers)].register_forward_hook(stop)
+    base = lm.adapter.base_model(lm.model)
+    try:
+        for b in make_batches([len(e) for e in enc], max_batch_tokens):
+            ids, mask = _pad([enc[i] for i in b], int(lm.tokenizer.pad_token_id), "right")
+            with torch.inference_mode():
+                try:
+                    base(input_ids=ids, attention_mask=mask, use_cache=False)
+                except _StopForward:
+                    pass
+    finally:
+        h.remove()
+
+
+def naive(lm, texts, layers):
+    """(b): what naive tools do: full forward with all hidden states, one text at a time."""
+    out = []
+    for t in texts:
+        ids = lm.tokenizer(t, return_tensors="pt").input_ids
+        with torch.inference_mode():
+            hs = lm.model(ids, output_hidden_states=True).hidden_states
+        out.append([hs[lm.adapter.hidden_states_index(la)][0].mean(0) for la in layers])
+    return out
+
+
+def bench(lm, texts, layers, max_batch_tokens=4096) -> dict[str, float]:
+    t = {}
+    s = time.perf_counter()
+    bare(lm, texts, layers, max_batch_tokens)
+    t["a_bare"] = time.perf_counter() - s
+    s = time.perf_counter()
+    naive(lm, texts, layers)
+    t["b_naive"] = time.perf_counter() - s
+    with tempfile.TemporaryDirectory() as cache:
+        s = time.perf_counter()
+        capture(lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens)
+        t["c_cold"] = time.perf_counter() - s
+        s = time.perf_counter()
+        warm = capture(lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens)
+        t["d_warm"] = time.perf_counter() - s
+        assert warm.stats["n_computed"] == 0
+    t["c/a"] = t["c_cold"] / t["a_bare"]
+    t["b/c"] = t["b_naive"] / t["c_cold"]
+    t["c/d"] = t["c_cold"] / t["d_warm"]
+    t["peak_rss_mb"] = peak_rss_mb()
+    return t
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--n", type=int, default=200)
+    ap.add_argument("--also-tiny", action="store_true", help="Also a tiny random Qwen2 on the same texts.")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capture.json"))
+    args = ap.parse_args()
+    torch.manual_seed(0)
+    corpus = load_corpus(ROOT / "corpora")
+    texts = [t.text for t in corpus.texts][: args.n]
+    results = {}
+    lm = load(args.model)
+    layers = default_spread(lm.adapter.n_blocks(lm.model), count=8)
+    n_tok = sum(len(lm.tokenizer(t).input_ids) for t in texts)
+    results[args.model] = bench(lm, texts, layers) | {"texts": len(texts), "tokens": n_tok, "layers": layers}
+    if args.also_tiny:
+        import tiny_models
+
+        tiny = from_model(tiny_models.build("qwen2"), lm.tokenizer, spec="tiny-qwen2")
+        tiny.model.resize_token_embeddings(len(lm.tokenizer))
+        results["tiny-qwen2"] = bench(tiny, texts, [1, 3]) | {"texts": len(texts), "layers": [1, 3]}
+    for name, r in results.items():
+        print(f"{name}: " + ", ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()

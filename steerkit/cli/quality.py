@@ -1,0 +1,87 @@
+"""`steerkit quality-report`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from . import main
+
+
+@main.command("quality-report")
+@click.argument("run", required=False, type=click.Path())
+@click.option(
+    "--model",
+    "-m",
+    default=None,
+    help="Recompute missing activations with this model (default: use the run's saved activations).",
+)
+@click.option("--ridge-lambda", default=0.01, show_default=True, help="Ridge strength for redundancy (no intercept).")
+@click.option("--folds", default=5, show_default=True, help="k for the held-out readout (k-fold over stories).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
+def quality_report(run: str | None, model: str | None, ridge_lambda: float, folds: int, seed: int) -> None:
+    """Is each concept vector any good? Writes quality.json, quality.md and PNGs into RUN
+    (default: the latest `steerkit extract` run under runs/)."""
+    from ..errors import RunDirError, SteerkitError
+    from ..quality.report import QualityConfig, write_report
+    from ..runs import latest_run
+
+    if run is None:
+        found = latest_run("extract")
+        if found is None:
+            raise RunDirError("no extract run under runs/; make one with `steerkit extract --stories corpora/`")
+        run_dir = found
+    else:
+        run_dir = Path(run)
+    if model is not None and not (run_dir / "activations.safetensors").is_file():
+        _recapture(run_dir, model)
+    try:
+        cfg = QualityConfig(ridge_lambda=ridge_lambda, k_folds=folds, seed=seed)
+    except ValueError as e:
+        raise SteerkitError(str(e)) from e
+    report = write_report(run_dir, cfg)
+    best = report["layers"][str(report["best_layer"])]
+    click.echo(
+        f"quality report: {run_dir}/quality.md (best layer {report['best_layer']}: held-out top-1 "
+        f"{best['heldout']['top1']:.0%}, top-3 {best['heldout']['top3']:.0%}; chance "
+        f"{best['heldout']['chance_top1']:.0%} / {best['heldout']['chance_top3']:.0%})"
+    )
+    for key, items in report["triage"].items():
+        if not items:
+            continue
+        names = ", ".join(i["concept"] for i in items[:10]) + (" ..." if len(items) > 10 else "")
+        click.echo(f"  {key.replace('_', '-')} ({len(items)}): {names}")
+        for it in items[:3]:
+            if it["suggestion"] != "none":
+                click.echo(f"    - {it['suggestion']}")
+
+
+def _recapture(run_dir: Path, model: str) -> None:
+    """Recompute the activations of a run whose activations file is gone, from its corpus."""
+    import json
+
+    from ..capture import capture
+    from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
+    from ..corpus import load as load_corpus
+    from ..errors import RunDirError
+    from ..models import load
+    from ..vectors import ConceptVectors
+
+    cv = ConceptVectors.load(run_dir)
+    corpus_path = cv.meta.get("corpus", {}).get("path")
+    if not corpus_path or not Path(corpus_path).is_dir():
+        raise RunDirError(f"the run's corpus {corpus_path} is gone; re-run `steerkit extract`")
+    corpus = load_corpus(corpus_path)
+    if corpus.sha256() != cv.meta["corpus"]["sha256"]:
+        raise RunDirError("the corpus changed since extraction; re-run `steerkit extract` instead")
+    lm = load(model)
+    res = capture(lm, [t.text for t in corpus.texts], cv.layers, sites=("resid", "heads"), pooling=cv.meta["pooling"])
+    tensors = {f"resid.layer_{la}": v for la, v in res.resid.items()}
+    tensors.update({f"heads.layer_{la}": v for la, v in res.heads.items()})
+    atomic_save_safetensors(tensors, run_dir / "activations.safetensors")
+    texts = [
+        {"sha256": t.sha, "concepts": sorted(t.concepts), "sources": [s.__dict__ for s in t.sources]}
+        for t in corpus.texts
+    ]
+    atomic_write_bytes(run_dir / "texts.json", json.dumps(texts, indent=1).encode())

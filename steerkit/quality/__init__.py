@@ -1,0 +1,1 @@
+"""Concept-vector quality: pure metric functions, per-head analysis, report assembly."""

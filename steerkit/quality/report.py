@@ -1,0 +1,336 @@
+"""Assemble the quality report of a run folder written by `steerkit extract`.
+
+Reads activations.safetensors (pooled resid + per-head activations of every corpus text),
+texts.json (labels), readout.* (the vectors) and mlp_down.safetensors; needs no forward pass.
+The math lives in metrics.py / heads.py / heldout.py; this module only arranges it per layer
+and concept, triages, and writes quality.json (schema: docs/formats.md) and quality.md.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .. import __version__
+from ..errors import RunDirError
+from ..vectors.readout import ConceptVectors
+from . import metrics as M
+from .heads import head_decomposition
+from .heldout import held_out_readout
+
+FORMAT_VERSION = 1
+CLEAN, FRAGMENTED, REDUNDANT_R2, NEURON = 0.7, 0.4, 0.9, 0.6
+
+
+@dataclass(frozen=True)
+class QualityConfig:
+    ridge_lambda: float = 0.01
+    k_folds: int = 5
+    seed: int = 0
+    top_heads: int = 10
+
+    def __post_init__(self) -> None:
+        if self.ridge_lambda <= 0:
+            raise ValueError(f"ridge_lambda must be > 0, got {self.ridge_lambda}")
+        if self.k_folds < 2:
+            raise ValueError(f"k_folds must be >= 2, got {self.k_folds}")
+
+
+@dataclass
+class RunData:
+    run: Path
+    vectors: ConceptVectors
+    resid: dict[int, torch.Tensor]  # layer -> (N, H)
+    heads: dict[int, torch.Tensor]  # layer -> (N, nh, hd)
+    w_down: dict[int, torch.Tensor]  # layer -> (H, I)
+    texts: list[dict[str, Any]]
+    manifest: dict[str, dict[str, Any]]  # concept -> manifest entry (valence, arousal, ...)
+
+
+def load_run(run: str | Path) -> RunData:
+    """Load what the report needs; a one-line RunDirError names what is missing."""
+    from safetensors.torch import load_file
+
+    d = Path(run)
+    if not d.is_dir():
+        raise RunDirError(f"{d} is not a folder; pass a run folder written by `steerkit extract`")
+    if not (d / "readout.json").is_file():
+        raise RunDirError(f"{d} is not a run folder (no readout.json); run `steerkit extract --stories corpora/`")
+    cv = ConceptVectors.load(d)
+    if not (d / "activations.safetensors").is_file() or not (d / "texts.json").is_file():
+        raise RunDirError(
+            f"{d} has no activations.safetensors/texts.json; re-run `steerkit extract`, or pass --model to recompute them"
+        )
+    try:
+        acts = load_file(d / "activations.safetensors")
+        texts = json.loads((d / "texts.json").read_text())
+    except Exception as e:
+        raise RunDirError(
+            f"{d}: activations or texts.json unreadable ({type(e).__name__}); re-run `steerkit extract`"
+        ) from e
+    resid = {la: acts[f"resid.layer_{la}"].float() for la in cv.layers if f"resid.layer_{la}" in acts}
+    if set(resid) != set(cv.layers):
+        raise RunDirError(
+            f"{d}: activations lack layers {sorted(set(cv.layers) - set(resid))}; re-run `steerkit extract`"
+        )
+    if any(v.shape[0] != len(texts) for v in resid.values()):
+        raise RunDirError(f"{d}: activations and texts.json disagree on the number of texts; re-run `steerkit extract`")
+    heads = {la: acts[f"heads.layer_{la}"].float() for la in cv.layers if f"heads.layer_{la}" in acts}
+    w_down: dict[int, torch.Tensor] = {}
+    if (d / "mlp_down.safetensors").is_file():
+        w = load_file(d / "mlp_down.safetensors")
+        w_down = {la: w[f"layer_{la}"].float() for la in cv.layers if f"layer_{la}" in w}
+    manifest: dict[str, dict[str, Any]] = {}
+    mpath = Path(cv.meta.get("corpus", {}).get("path", "")) / "manifest.json"
+    if mpath.is_file():
+        try:
+            manifest = {c["name"]: c for c in json.loads(mpath.read_text())["concepts"]}
+        except (json.JSONDecodeError, KeyError, TypeError):
+            manifest = {}
+    return RunData(d, cv, resid, heads, w_down, texts, manifest)
+
+
+def _f(x: Any, nd: int = 4) -> Any:
+    """JSON-safe rounded float (NaN/inf -> None)."""
+    x = float(x)
+    return None if math.isnan(x) or math.isinf(x) else round(x, nd)
+
+
+def _where(text: dict[str, Any]) -> str:
+    s = text["sources"][0]
+    return f"{s['file']}:{s['line']}"
+
+
+def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
+    """All metrics for all layers and concepts -> the quality.json dict."""
+    t0 = time.perf_counter()
+    cv = data.vectors
+    names = cv.concepts
+    n_texts = len(data.texts)
+    pos = torch.zeros(len(names), n_texts, dtype=torch.bool)
+    for j, t in enumerate(data.texts):
+        for c in t["concepts"]:
+            if c in names:
+                pos[names.index(c), j] = True
+    labels = torch.tensor([names.index(t["concepts"][0]) if len(t["concepts"]) == 1 else -1 for t in data.texts])
+    layers: dict[str, Any] = {}
+    for layer in cv.layers:
+        layers[str(layer)] = _layer_report(data, layer, pos, labels, cfg)
+    best = max(cv.layers, key=lambda la: (layers[str(la)]["heldout"]["top1"] or 0.0, -la))
+    geometry = _geometry(data, best)
+    report = {
+        "format_version": FORMAT_VERSION,
+        "run": str(data.run),
+        "created_by": f"steerkit {__version__}",
+        "model": cv.meta.get("model", {}),
+        "method": cv.meta.get("method"),
+        "pooling": cv.meta.get("pooling"),
+        "n_concepts": len(names),
+        "n_texts": n_texts,
+        "concepts": names,
+        "valence": {n: data.manifest.get(n, {}).get("valence") for n in names},
+        "arousal": {n: data.manifest.get(n, {}).get("arousal") for n in names},
+        "settings": {
+            "ridge_lambda": cfg.ridge_lambda,
+            "ridge_fit_intercept": False,
+            "k_folds": cfg.k_folds,
+            "seed": cfg.seed,
+            "top_heads": cfg.top_heads,
+            "thresholds": {
+                "clean": CLEAN,
+                "fragmented": FRAGMENTED,
+                "redundant_r2": REDUNDANT_R2,
+                "single_neuron": NEURON,
+            },
+        },
+        "best_layer": best,
+        "layers": layers,
+        "geometry": geometry,
+    }
+    report["triage"] = triage(report)
+    report["seconds"] = round(time.perf_counter() - t0, 2)
+    return report
+
+
+def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Tensor, cfg: QualityConfig) -> dict:
+    cv, names = data.vectors, data.vectors.concepts
+    acts = data.resid[layer]  # (N, H)
+    directions = cv.vectors[layer]  # (C, H) unit rows of the run's method
+    padded = M.pad_groups(acts, pos)
+    rank = M.rank_stats(padded.x, padded.mask)
+    _, neg_mean = M.pos_neg_means(acts, pos, ~pos)
+    agree = M.story_agreement(padded.x, padded.mask, directions, neg_mean, n_lowest=2)
+    near = M.nearest_concepts(directions, k=min(5, len(names) - 1))
+    red = M.redundancy(directions, lam=cfg.ridge_lambda, fit_intercept=False)
+    top_idx, top_val = M.top_coefficients(red.coef, k=5)
+    neuron = M.neuron_alignment(directions, data.w_down[layer]) if layer in data.w_down else None
+    heads = head_decomposition(data.heads[layer], pos, top_k=cfg.top_heads) if layer in data.heads else None
+    held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed)
+    concepts: dict[str, Any] = {}
+    for c, name in enumerate(names):
+        lowest = []
+        for slot, cos in zip(agree.lowest[c].tolist(), agree.lowest_cos[c].tolist(), strict=True):
+            if slot >= 0:
+                lowest.append({"where": _where(data.texts[int(padded.index[c, slot])]), "cos": _f(cos)})
+        entry: dict[str, Any] = {
+            "n_positives": int(padded.mask[c].sum()),
+            "norm": _f(cv.norms[layer][c]),
+            "first_pc_variance_ratio": _f(rank.first_pc_variance_ratio[c]),
+            "effective_rank": _f(rank.effective_rank[c], 2),
+            "agreement": {
+                "mean": _f(agree.mean[c]),
+                "min": _f(agree.min[c]),
+                "lowest": lowest,
+                "n_below_0_1": int(((agree.cos[c] < 0.1) & padded.mask[c]).sum()),
+            },
+            "nearest": [
+                {"concept": names[int(i)], "cos": _f(v)} for i, v in zip(near.index[c], near.cos[c], strict=True)
+            ],
+            "redundancy": {
+                "r2": _f(red.r2[c]),
+                "top": [{"concept": names[int(i)], "coef": _f(v)} for i, v in zip(top_idx[c], top_val[c], strict=True)],
+            },
+            "heldout": {"top1": _f(held.top1[c]), "top3": _f(held.top3[c]), "n": int(held.n_texts[c])},
+        }
+        if neuron is not None:
+            entry["single_neuron"] = {
+                "abs_cos": _f(neuron.abs_cos[c]),
+                "neuron": int(neuron.neuron[c]),
+                "cos": _f(neuron.cos[c]),
+            }
+        else:
+            entry["single_neuron"] = {"skipped": "block has no MLP down-projection (e.g. Mamba) or none was saved"}
+        if heads is not None:
+            entry["heads"] = {
+                "concentration": _f(heads.concentration[c]),
+                "top": [
+                    {"head": int(h), "norm": _f(n), "selectivity": _f(heads.selectivity[c, int(h)], 3)}
+                    for h, n in zip(heads.top_heads[c], heads.top_norms[c], strict=True)
+                ],
+            }
+        concepts[name] = entry
+    skipped = [s for s in data.vectors.meta.get("skipped", []) if s.get("layer") == layer]
+    return {
+        "heldout": {
+            "top1": _f(held.top1_overall),
+            "top3": _f(held.top3_overall),
+            "chance_top1": _f(1 / len(names)),
+            "chance_top3": _f(min(1.0, 3 / len(names))),
+        },
+        "heads_skipped": skipped[0]["reason"] if skipped and layer not in data.heads else None,
+        "concepts": concepts,
+    }
+
+
+def _geometry(data: RunData, layer: int) -> dict[str, Any]:
+    names = data.vectors.concepts
+    variables = {}
+    for var in ("valence", "arousal"):
+        vals = [float(data.manifest.get(n, {}).get(var, float("nan"))) for n in names]
+        if any(not math.isnan(v) for v in vals):
+            variables[var] = torch.tensor(vals)
+    if len(names) < 3:
+        return {"layer": layer, "skipped": "fewer than 3 concepts"}
+    g = M.concept_geometry(data.vectors.vectors[layer], variables, n_components=2)
+    return {
+        "layer": layer,
+        "explained_variance_ratio": [_f(x) for x in g.explained_variance_ratio],
+        "scores": {n: [_f(x) for x in g.scores[i]] for i, n in enumerate(names)},
+        "correlations": [
+            {
+                "pc": c.pc,
+                "variable": c.variable,
+                "n": c.n,
+                "pearson_r": _f(c.pearson_r),
+                "pearson_p": _f(c.pearson_p, 6),
+                "spearman_r": _f(c.spearman_r),
+                "spearman_p": _f(c.spearman_p, 6),
+            }
+            for c in g.correlations
+        ],
+        "note": "PC signs are arbitrary (sklearn's svd_flip convention); |r| is what matters.",
+    }
+
+
+def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
+    """Buckets at best_layer, each entry {concept, why, suggestion}."""
+    layer = report["layers"][str(report["best_layer"])]
+    n = report["n_concepts"]
+    out: dict[str, list[dict[str, str]]] = {
+        k: [] for k in ("clean", "fragmented", "redundant", "outlier_heavy", "poorly_read", "single_neuron")
+    }
+    for name, e in layer["concepts"].items():
+        ratio, r2 = e["first_pc_variance_ratio"], e["redundancy"]["r2"]
+        top3 = e["heldout"]["top3"]
+        if ratio is not None and ratio > CLEAN:
+            out["clean"].append(
+                {"concept": name, "why": f"first PC holds {ratio:.0%} of the variance", "suggestion": "none"}
+            )
+        if ratio is not None and ratio < FRAGMENTED:
+            out["fragmented"].append(
+                {
+                    "concept": name,
+                    "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']})",
+                    "suggestion": "its stories express different things: split the concept or rewrite the stories "
+                    "that disagree (see the lowest-agreement stories)",
+                }
+            )
+        if r2 is not None and r2 > REDUNDANT_R2:
+            other = e["redundancy"]["top"][0]
+            out["redundant"].append(
+                {
+                    "concept": name,
+                    "why": f"R^2 {r2:.2f} from the others (largest weight {other['concept']} {other['coef']:+.2f})",
+                    "suggestion": f"{name} vs {other['concept']}: R^2 {r2:.2f} - write stories that separate them",
+                }
+            )
+        k = e["agreement"]["n_below_0_1"]
+        if e["n_positives"] and k / e["n_positives"] >= 0.25:
+            where = ", ".join(x["where"] for x in e["agreement"]["lowest"])
+            out["outlier_heavy"].append(
+                {
+                    "concept": name,
+                    "why": f"{k} of {e['n_positives']} stories align below cos 0.1",
+                    "suggestion": f"reread {where}: mislabelled or off-topic?",
+                }
+            )
+        if top3 is not None and top3 < min(1.0, 3 / n) * 3:
+            near = e["nearest"][0]["concept"] if e["nearest"] else "?"
+            out["poorly_read"].append(
+                {
+                    "concept": name,
+                    "why": f"held-out top-3 {top3:.0%} (chance {min(1.0, 3 / n):.0%})",
+                    "suggestion": f"stories are read as other concepts (nearest: {near}); add stories with "
+                    "stronger, more specific cues",
+                }
+            )
+        sn = e.get("single_neuron", {})
+        if sn.get("abs_cos") is not None and sn["abs_cos"] > NEURON:
+            out["single_neuron"].append(
+                {
+                    "concept": name,
+                    "why": f"|cos| {sn['abs_cos']:.2f} with MLP neuron {sn['neuron']}",
+                    "suggestion": "essentially one neuron: ablate it to test the concept causally",
+                }
+            )
+    return out
+
+
+def write_report(run: str | Path, cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
+    """Build the report of a run folder and write quality.json, quality.md and the PNGs into it."""
+    from ..capture.cache import atomic_write_bytes
+    from .render import figures, markdown
+
+    data = load_run(run)
+    report = build_report(data, cfg)
+    figs = figures(report, data.vectors, data.run)
+    report["figures"] = [p.name for p in figs]
+    atomic_write_bytes(data.run / "quality.md", markdown(report).encode())
+    atomic_write_bytes(data.run / "quality.json", json.dumps(report, indent=1).encode())
+    return report

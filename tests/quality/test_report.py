@@ -1,0 +1,105 @@
+"""quality-report end to end on a tiny model run: files, schema, sections, figures, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jsonschema
+import pytest
+import tiny_models
+from click.testing import CliRunner
+
+from steerkit.cli import main
+from steerkit.quality.schema import SCHEMA
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, tiny_tok):
+    root = tmp_path_factory.mktemp("q")
+    model = root / "tiny-qwen35"
+    tiny_models.build("qwen3_5").save_pretrained(model)
+    tiny_tok.save_pretrained(model)
+    out = root / "runs" / "r"
+    res = CliRunner().invoke(
+        main,
+        [
+            "extract",
+            "--stories",
+            str(FIXTURE),
+            "--model",
+            str(model),
+            "--layers",
+            "all",
+            "--out",
+            str(out),
+            "--allow-untrained",
+            "--no-cache",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_report_files_schema_sections(run):
+    res = CliRunner().invoke(main, ["quality-report", str(run), "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert "best layer" in res.output
+    report = json.loads((run / "quality.json").read_text())
+    jsonschema.validate(report, SCHEMA)
+    assert report["settings"]["k_folds"] == 3 and report["best_layer"] in (0, 1, 2, 3)
+    # hybrid: Gated DeltaNet blocks 0-2 and the attention block 3 all carry per-head results
+    for layer in ("0", "3"):
+        e = report["layers"][layer]["concepts"]["calm"]
+        assert len(e["heads"]["top"]) == 4 and e["single_neuron"]["neuron"] >= 0
+    md = (run / "quality.md").read_text()
+    for section in (
+        "## Triage",
+        "## Held-out readout by layer",
+        "## Concepts at layer",
+        "## Redundancy",
+        "## Per-head decomposition",
+        "## Geometry",
+        "## Lowest-agreement stories",
+        "what makes X different from Y",
+    ):
+        assert section in md, section
+    for png in ("cosine_heatmap.png", "pca_valence.png", "heldout_by_layer.png", "head_concentration.png"):
+        assert (run / png).stat().st_size > 5000
+
+
+def test_latest_run_is_default(run, monkeypatch):
+    monkeypatch.setenv("STEERKIT_RUNS", str(run.parent))
+    res = CliRunner().invoke(main, ["quality-report", "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert str(run) in res.output
+
+
+def _one_line_error(res, needle):
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and needle in lines[0], res.output
+
+
+def _copy_run(run, dest):
+    shutil.copytree(run, dest, ignore=shutil.ignore_patterns("quality.*", "*.png"))
+
+
+def test_bad_inputs(run, tmp_path, monkeypatch):
+    _one_line_error(CliRunner().invoke(main, ["quality-report", str(tmp_path)]), "is not a run folder")
+    no_acts = tmp_path / "no_acts"
+    _copy_run(run, no_acts)
+    (no_acts / "activations.safetensors").unlink()
+    _one_line_error(CliRunner().invoke(main, ["quality-report", str(no_acts)]), "pass --model")
+    version = tmp_path / "version"
+    _copy_run(run, version)
+    meta = json.loads((version / "readout.json").read_text())
+    meta["format_version"] = 7
+    (version / "readout.json").write_text(json.dumps(meta))
+    _one_line_error(CliRunner().invoke(main, ["quality-report", str(version)]), "format_version")
+    monkeypatch.setenv("STEERKIT_RUNS", str(tmp_path / "empty"))
+    _one_line_error(CliRunner().invoke(main, ["quality-report"]), "steerkit extract --stories corpora/")
+    assert not (no_acts / "quality.json").exists() and not (version / "quality.json").exists()
