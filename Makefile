@@ -25,8 +25,10 @@ install: $(STAMP)
 model: install
 	$(BIN)/steerkit models pull smollm2-135m
 
+# The main job: concept vectors from the story corpus on the default model, then their quality report.
 demo: model
-	$(BIN)/steerkit verify --model smollm2-135m
+	$(BIN)/steerkit extract --stories corpora/
+	$(BIN)/steerkit quality-report
 
 test: model
 	$(BIN)/steerkit corpus check corpora/
