@@ -52,9 +52,11 @@ def quality_report(run: str | None, model: str | None, ridge_lambda: float, fold
             continue
         names = ", ".join(i["concept"] for i in items[:10]) + (" ..." if len(items) > 10 else "")
         click.echo(f"  {key.replace('_', '-')} ({len(items)}): {names}")
-        for it in items[:3]:
+        for it in items[:2]:
             if it["suggestion"] != "none":
                 click.echo(f"    - {it['suggestion']}")
+        if len(items) > 2 and items[0]["suggestion"] != "none":
+            click.echo("    - ... (all suggestions in quality.md)")
 
 
 def _recapture(run_dir: Path, model: str) -> None:

@@ -197,6 +197,7 @@ def figures(report: dict[str, Any], vectors: ConceptVectors, out: Path) -> list[
     ax.axhline(first["chance_top1"], color="grey", ls=":", label="chance top-1")
     ax.axhline(first["chance_top3"], color="grey", ls="--", label="chance top-3")
     ax.axvline(best, color="k", alpha=0.2)
+    ax.set_xticks(layers)
     ax.set_ylim(0, 1)
     ax.set_xlabel("block")
     ax.set_ylabel("accuracy")
@@ -214,7 +215,8 @@ def figures(report: dict[str, Any], vectors: ConceptVectors, out: Path) -> list[
         ax.set_xticks(range(len(items)), [n for n, _ in items], rotation=90, fontsize=7)
         ax.axhline(0.5, color="k", ls="--", lw=1, label="sparse head circuit (> 0.5)")
         ax.set_ylim(0, 1.05)
-        ax.set_ylabel(f"share of head norm in top {report['settings']['top_heads']} heads")
+        k = report["layers"][str(best)].get("top_heads_used", report["settings"]["top_heads"])
+        ax.set_ylabel(f"share of head norm in the top {k} heads")
         ax.legend()
     else:
         ax.text(0.5, 0.5, "no per-head activations at this layer", ha="center", va="center")
@@ -239,6 +241,7 @@ def _save(fig: Any, path: Path) -> Path:
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=110)
+        os.chmod(tmp, 0o644)
         os.replace(tmp, path)
     finally:
         plt.close(fig)

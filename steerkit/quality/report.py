@@ -170,7 +170,11 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     red = M.redundancy(directions, lam=cfg.ridge_lambda, fit_intercept=False)
     top_idx, top_val = M.top_coefficients(red.coef, k=5)
     neuron = M.neuron_alignment(directions, data.w_down[layer]) if layer in data.w_down else None
-    heads = head_decomposition(data.heads[layer], pos, top_k=cfg.top_heads) if layer in data.heads else None
+    k_heads = None
+    heads = None
+    if layer in data.heads:
+        k_heads = top_k_heads(data.heads[layer].shape[1], cfg.top_heads)
+        heads = head_decomposition(data.heads[layer], pos, top_k=k_heads)
     held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed)
     concepts: dict[str, Any] = {}
     for c, name in enumerate(names):
@@ -224,8 +228,15 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
             "chance_top3": _f(min(1.0, 3 / len(names))),
         },
         "heads_skipped": skipped[0]["reason"] if skipped and layer not in data.heads else None,
+        "top_heads_used": k_heads,
         "concepts": concepts,
     }
+
+
+def top_k_heads(n_heads: int, top: int) -> int:
+    """How many heads count as "top" for head_concentration: `top` (10), but at most a quarter
+    of the heads, since the share of the norm in the top 10 of 9 heads is trivially 1."""
+    return max(1, min(top, n_heads // 4))
 
 
 def _geometry(data: RunData, layer: int) -> dict[str, Any]:
@@ -277,8 +288,9 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                 {
                     "concept": name,
                     "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']})",
-                    "suggestion": "its stories express different things: split the concept or rewrite the stories "
-                    "that disagree (see the lowest-agreement stories)",
+                    "suggestion": f"{name}: its stories vary more in other ways than in this feeling; reread the least "
+                    f"aligned ({', '.join(x['where'] for x in e['agreement']['lowest'])}) or add stories that share "
+                    "the feeling but not the setting",
                 }
             )
         if r2 is not None and r2 > REDUNDANT_R2:
@@ -306,8 +318,8 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                 {
                     "concept": name,
                     "why": f"held-out top-3 {top3:.0%} (chance {min(1.0, 3 / n):.0%})",
-                    "suggestion": f"stories are read as other concepts (nearest: {near}); add stories with "
-                    "stronger, more specific cues",
+                    "suggestion": f"{name}: held-out stories are read as other concepts (nearest vector: {near}); "
+                    "add stories with stronger, more specific cues",
                 }
             )
         sn = e.get("single_neuron", {})

@@ -54,7 +54,9 @@ def test_report_files_schema_sections(run):
     # hybrid: Gated DeltaNet blocks 0-2 and the attention block 3 all carry per-head results
     for layer in ("0", "3"):
         e = report["layers"][layer]["concepts"]["calm"]
-        assert len(e["heads"]["top"]) == 4 and e["single_neuron"]["neuron"] >= 0
+        assert report["layers"][layer]["top_heads_used"] == 1  # a quarter of 4 heads
+        assert len(e["heads"]["top"]) == 1 and 0 < e["heads"]["concentration"] <= 1
+        assert e["single_neuron"]["neuron"] >= 0
     md = (run / "quality.md").read_text()
     for section in (
         "## Triage",
