@@ -109,6 +109,7 @@ def capture(
     padding_side: Literal["right", "left"] = "right",
     cache_dir: str | Path | None = None,
     progress: Callable[[int, int], None] | None = None,
+    backend: str = "hooks",
 ) -> CaptureResult:
     """Capture pooled activations of `texts` at `layers` and `sites` (see CaptureResult).
 
@@ -117,6 +118,8 @@ def capture(
     padding_side: 'left' is honoured only for non-recurrent families (with explicit position ids);
         recurrent families (RWKV, Mamba, hybrids) always pad right, which is exact for them.
     cache_dir: activation cache root; entries are keyed by the model fingerprint.
+    backend: 'hooks' (default, fastest: plain forward hooks, early stop) or 'nnsight' (a
+        cross-check through an nnsight trace; same batches, same numbers).
     """
     t0 = time.perf_counter()
     model, adapter, tok = lm.model, lm.adapter, lm.tokenizer
@@ -132,6 +135,11 @@ def capture(
         log.info("%s is recurrent: padding on the right (exact) instead of the left", adapter.family)
         padding_side = "right"
 
+    from .backends import BACKENDS, nnsight_runner
+
+    if backend not in BACKENDS:
+        raise ValueError(f"invalid backend {backend!r}; valid: {', '.join(BACKENDS)}")
+    runner = _run_batch if backend == "hooks" else nnsight_runner(model, tok)
     result = CaptureResult(layers=layer_list, sites=tuple(sites), pooling=pool_spec.name)
     wanted: list[tuple[str, int]] = []
     for site in sites:
@@ -178,7 +186,7 @@ def capture(
         base = adapter.base_model(model)
         for batch in batches:
             ids, mask = _pad([encoded[i] for i in batch], int(tok.pad_token_id), padding_side)
-            pooled = _run_batch(
+            pooled = runner(
                 model, base, adapter, ids.to(dev), mask, wanted, last_layer, pool_spec, padding_side == "left"
             )
             new: dict[str, torch.Tensor] = {}

@@ -33,6 +33,13 @@ from .progress import progress_bar
     help="Activation cache (default $STEERKIT_CACHE/activations); 'none' disables.",
 )
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
+@click.option(
+    "--backend",
+    type=click.Choice(["hooks", "nnsight"]),
+    default="hooks",
+    show_default=True,
+    help="hooks: plain forward hooks (fastest); nnsight: the same sites through an nnsight trace.",
+)
 @click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
 @click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight.")
 def capture(

@@ -163,3 +163,17 @@ def test_invalid_site_and_pooling(tiny_lm_factory):
         capture(lm, TEXTS, 1, sites=("attn",))
     with pytest.raises(ValueError, match="valid: last, mean"):
         capture(lm, TEXTS, 1, pooling="max")
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mamba", "rwkv", "qwen3_5"])
+def test_nnsight_backend_agrees_with_hooks(family, tiny_lm_factory):
+    pytest.importorskip("nnsight")
+    lm = tiny_lm_factory(family)
+    sites = ("resid", "heads", "mlp")
+    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean", backend="hooks")
+    b = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean", backend="nnsight")
+    assert a.skipped == b.skipped
+    for site in sites:
+        assert a.site(site).keys() == b.site(site).keys()
+        for layer, v in a.site(site).items():
+            torch.testing.assert_close(v, b.site(site)[layer], atol=1e-5, rtol=1e-5)
