@@ -196,31 +196,33 @@ def _parse_manifest(root: Path, rep: CheckReport) -> list[Concept]:
         rep.errors.append(f"{path}: needs a non-empty 'concepts' list")
         return []
     concepts: list[Concept] = []
-    for i, e in enumerate(entries):
+    for i, entry in enumerate(entries):
         where = f"{path} concept #{i + 1}"
-        if not isinstance(e, dict):
+        if not isinstance(entry, dict):
             rep.errors.append(f"{where}: must be an object")
             continue
-        missing = [k for k in ("name", "cluster", "valence", "arousal", "description", "avoid") if k not in e]
+        missing = [k for k in ("name", "cluster", "valence", "arousal", "description", "avoid") if k not in entry]
         if missing:
             rep.errors.append(f"{where}: missing field(s) {', '.join(missing)}")
             continue
-        name = e["name"]
+        name = entry["name"]
         if not isinstance(name, str) or not SNAKE.match(name):
             rep.errors.append(f"{where}: name {name!r} must be snake_case")
             continue
         try:
-            val, aro = float(e["valence"]), float(e["arousal"])
+            val, aro = float(entry["valence"]), float(entry["arousal"])
         except (TypeError, ValueError):
             rep.errors.append(f"{where} ({name}): valence and arousal must be numbers")
             continue
         if not -1 <= val <= 1 or not 0 <= aro <= 1:
             rep.errors.append(f"{where} ({name}): valence must lie in [-1, 1] and arousal in [0, 1]")
             continue
-        if not isinstance(e["avoid"], list) or not all(isinstance(w, str) for w in e["avoid"]):
+        if not isinstance(entry["avoid"], list) or not all(isinstance(w, str) for w in entry["avoid"]):
             rep.errors.append(f"{where} ({name}): avoid must be a list of strings")
             continue
-        concepts.append(Concept(name, str(e["cluster"]), val, aro, str(e["description"]), tuple(e["avoid"])))
+        concepts.append(
+            Concept(name, str(entry["cluster"]), val, aro, str(entry["description"]), tuple(entry["avoid"]))
+        )
     return concepts
 
 

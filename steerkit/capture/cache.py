@@ -16,6 +16,7 @@ import os
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -82,7 +83,7 @@ class ActivationCache:
         self.dir = Path(root) / fingerprint
         self.dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.dir / "index.json"
-        self.shards: dict[str, dict[str, object]] = {}
+        self.shards: dict[str, dict[str, Any]] = {}
         self.where: dict[str, str] = {}  # key -> shard name
         self._loaded: dict[str, dict[str, torch.Tensor]] = {}
         self._read_index()

@@ -92,8 +92,8 @@ def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, t
     return ids, mask
 
 
-def _input_device(model: torch.nn.Module, adapter: Adapter) -> torch.device:
-    emb = model.get_input_embeddings()
+def _input_device(model: Any, adapter: Adapter) -> torch.device:
+    emb: Any = model.get_input_embeddings()
     return emb.weight.device if emb is not None else next(model.parameters()).device
 
 

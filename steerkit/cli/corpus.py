@@ -58,8 +58,8 @@ def corpus_stats(path: str, as_json: bool) -> None:
             str(r["cluster"]),
             str(r["positives"]),
             str(r["mean_words"]),
-            ", ".join(r["scenarios"]) or "-",
-        )  # type: ignore[arg-type]
+            ", ".join(r["scenarios"]) or "-",  # type: ignore[arg-type]
+        )
     console().print(t)
     click.echo(
         f"total: {len(c.concepts)} concepts, {len(c.texts)} unique texts, {len(c.scenarios)} scenarios, "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import click
 
@@ -14,7 +15,7 @@ def progress_bar(description: str, unit: str = "texts", delay: float = 2.0) -> I
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
     start = time.perf_counter()
-    state: dict[str, object] = {"bar": None, "task": None}
+    state: dict[str, Any] = {"bar": None, "task": None}
 
     def update(done: int, total: int) -> None:
         if state["bar"] is None:

@@ -116,7 +116,8 @@ def load(
         kwargs["device_map"] = device_map
     try:
         tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
-        model, loading_info = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        loaded: Any = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+        model, loading_info = loaded
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types; the user needs one line

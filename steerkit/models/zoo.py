@@ -108,7 +108,7 @@ def pull(name: str, *, force: bool = False) -> Path:
         tok = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
         model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype="float32")
         # A GGUF-loaded model carries a quantizer marker that makes save_pretrained refuse.
-        model.hf_quantizer = None
+        setattr(model, "hf_quantizer", None)  # noqa: B010
         for attr in ("is_quantized", "quantization_method"):
             if hasattr(model, attr):
                 try:

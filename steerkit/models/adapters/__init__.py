@@ -6,7 +6,7 @@ one-line error. Users add families with `register_adapter(MyAdapter())` (see doc
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from ...errors import UnsupportedArchitectureError
 from .base import Adapter, BlockInfo, get_module
@@ -47,7 +47,7 @@ def supported_model_types() -> list[str]:
     return sorted(REGISTRY)
 
 
-def adapter_for(model: nn.Module) -> Adapter:
+def adapter_for(model: Any) -> Adapter:
     """The adapter for `model` (by config.model_type)."""
     mt = getattr(getattr(model, "config", None), "model_type", None)
     if mt not in REGISTRY:

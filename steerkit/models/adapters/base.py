@@ -8,7 +8,7 @@ outputs), the MLP down-projection and the final norm.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -62,24 +62,24 @@ class Adapter:
     recurrent: bool = False  # True when padding must be on the right (state carries pads)
 
     # ---- blocks -------------------------------------------------------------------
-    def base_model(self, model: nn.Module) -> nn.Module:
+    def base_model(self, model: Any) -> nn.Module:
         return get_module(model, self.base_path)
 
-    def blocks(self, model: nn.Module) -> nn.ModuleList:
+    def blocks(self, model: Any) -> nn.ModuleList:
         mods = get_module(model, self.blocks_path)
         assert isinstance(mods, nn.ModuleList)
         return mods
 
-    def n_blocks(self, model: nn.Module) -> int:
+    def n_blocks(self, model: Any) -> int:
         return len(self.blocks(model))
 
-    def final_norm(self, model: nn.Module) -> nn.Module:
+    def final_norm(self, model: Any) -> nn.Module:
         return get_module(model, self.final_norm_path)
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         raise NotImplementedError
 
-    def block_infos(self, model: nn.Module) -> list[BlockInfo]:
+    def block_infos(self, model: Any) -> list[BlockInfo]:
         return [self.block_info(model, i) for i in range(self.n_blocks(model))]
 
     # ---- block outputs ------------------------------------------------------------
@@ -101,26 +101,26 @@ class Adapter:
             return (hidden, *output[1:])
         raise TypeError(f"unexpected block output type {type(output).__name__}")
 
-    def output_scale(self, model: nn.Module, index: int) -> float:
+    def output_scale(self, model: Any, index: int) -> float:
         """Factor the model applies to block `index`'s output before the next block reads it
         (1.0 except RWKV's eval-mode rescaling). Must be called during the forward pass."""
         return 1.0
 
-    def read_hidden(self, model: nn.Module, index: int, output: object) -> torch.Tensor:
+    def read_hidden(self, model: Any, index: int, output: object) -> torch.Tensor:
         """The residual stream after block `index` as the next block sees it (batch, seq, hidden)."""
         h = self.get_hidden(output)
         scale = self.output_scale(model, index)
         return h if scale == 1.0 else h * scale
 
     # ---- modules ------------------------------------------------------------------
-    def mixer_out_module(self, model: nn.Module, index: int) -> nn.Module:
+    def mixer_out_module(self, model: Any, index: int) -> nn.Module:
         return get_module(self.blocks(model)[index], self.block_info(model, index).mixer_out)
 
-    def mlp_down_module(self, model: nn.Module, index: int) -> nn.Module | None:
+    def mlp_down_module(self, model: Any, index: int) -> nn.Module | None:
         info = self.block_info(model, index)
         return None if info.mlp_down is None else get_module(self.blocks(model)[index], info.mlp_down)
 
-    def mlp_down_weight(self, model: nn.Module, index: int) -> torch.Tensor | None:
+    def mlp_down_weight(self, model: Any, index: int) -> torch.Tensor | None:
         """The down-projection weight as (hidden, intermediate), whatever the module type.
         Column j is the residual-stream direction written by MLP neuron j."""
         info = self.block_info(model, index)
@@ -135,7 +135,7 @@ class Adapter:
         """Index into `output_hidden_states` holding block `index`'s output (not the last block)."""
         return index + self.hidden_state_offset
 
-    def describe(self, model: nn.Module) -> dict[str, object]:
+    def describe(self, model: Any) -> dict[str, Any]:
         infos = self.block_infos(model)
         kinds = sorted({i.kind for i in infos})
         heads = sorted({(i.kind, i.n_heads, i.head_dim) for i in infos}, key=str)

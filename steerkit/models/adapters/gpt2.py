@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 
@@ -14,7 +14,7 @@ class GPT2Adapter(Adapter):
     blocks_path = "transformer.h"
     final_norm_path = "transformer.ln_f"
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         cfg = model.config
         n = int(cfg.n_head)
         return BlockInfo(

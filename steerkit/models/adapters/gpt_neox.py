@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 
@@ -14,7 +14,7 @@ class GPTNeoXAdapter(Adapter):
     blocks_path = "gpt_neox.layers"
     final_norm_path = "gpt_neox.final_layer_norm"
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         cfg = model.config
         n = int(cfg.num_attention_heads)
         return BlockInfo(

@@ -3,9 +3,9 @@ dense MLPs are `feed_forward.down_proj`, MoE blocks have fused experts and no sh
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
-from .base import Adapter, BlockInfo
+from .base import Adapter, BlockInfo, BlockKind
 from .llama import attention_heads
 
 
@@ -17,9 +17,10 @@ class JambaAdapter(Adapter):
     final_norm_path = "model.final_layernorm"
     recurrent = True
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         block = self.blocks(model)[index]
         if hasattr(block, "mamba"):
+            kind: BlockKind
             kind, mixer, out, n, d = "ssm", "mamba", "mamba.out_proj", None, None
         else:
             kind, mixer, out = "attention", "self_attn", "self_attn.o_proj"

@@ -3,7 +3,7 @@ Llama, Qwen2, Qwen3, Mistral, Gemma-style models."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 
@@ -22,6 +22,6 @@ class LlamaAdapter(Adapter):
     blocks_path = "model.layers"
     final_norm_path = "model.norm"
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         n, d = attention_heads(model.config)
         return BlockInfo(index, "attention", "self_attn", "self_attn.o_proj", n, d, "mlp.down_proj")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 
@@ -11,14 +11,14 @@ NO_MLP = "Mamba blocks have no MLP"
 
 class MambaAdapter(Adapter):
     family = "mamba"
-    model_types = ("mamba", "falcon_mamba")
+    model_types: tuple[str, ...] = ("mamba", "falcon_mamba")
     base_path = "backbone"
     blocks_path = "backbone.layers"
     final_norm_path = "backbone.norm_f"
     recurrent = True
     hidden_state_offset = 0  # output_hidden_states[i] is block i's output (transformers 5.23)
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         return BlockInfo(index, "ssm", "mixer", "mixer.out_proj", None, None, None, no_mlp_reason=NO_MLP)
 
 
@@ -26,7 +26,7 @@ class Mamba2Adapter(MambaAdapter):
     family = "mamba2"
     model_types = ("mamba2",)
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         cfg = model.config
         return BlockInfo(
             index,

@@ -6,7 +6,7 @@ expert's."""
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 from .llama import attention_heads
@@ -20,7 +20,7 @@ class QwenHybridAdapter(Adapter):
     final_norm_path = "model.norm"
     recurrent = True
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         cfg = getattr(model.config, "text_config", None) or model.config
         block = self.blocks(model)[index]
         if hasattr(block, "linear_attn"):

@@ -9,7 +9,7 @@ reports the factor and `read_hidden` applies it. `output_hidden_states[i]` is bl
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Any
 
 from .base import Adapter, BlockInfo
 
@@ -23,12 +23,12 @@ class RwkvAdapter(Adapter):
     recurrent = True
     hidden_state_offset = 0
 
-    def output_scale(self, model: nn.Module, index: int) -> float:
+    def output_scale(self, model: Any, index: int) -> float:
         base = self.base_model(model)
         every = int(getattr(model.config, "rescale_every", 0) or 0)
         if getattr(base, "layers_are_rescaled", False) and every > 0 and (index + 1) % every == 0:
             return 0.5
         return 1.0
 
-    def block_info(self, model: nn.Module, index: int) -> BlockInfo:
+    def block_info(self, model: Any, index: int) -> BlockInfo:
         return BlockInfo(index, "rwkv", "attention", "attention.output", None, None, "feed_forward.value")
