@@ -10,6 +10,7 @@ import jsonschema
 import pytest
 import tiny_models
 from click.testing import CliRunner
+from safetensors.torch import load_file
 
 from steerkit.cli import main
 from steerkit.quality.schema import SCHEMA
@@ -105,3 +106,18 @@ def test_bad_inputs(run, tmp_path, monkeypatch):
     monkeypatch.setenv("STEERKIT_RUNS", str(tmp_path / "empty"))
     _one_line_error(CliRunner().invoke(main, ["quality-report"]), "steerkit extract --stories corpora/")
     assert not (no_acts / "quality.json").exists() and not (version / "quality.json").exists()
+
+
+def test_missing_activations_recomputed_with_model(run, tmp_path):
+    copy = tmp_path / "recap"
+    _copy_run(run, copy)
+    before = load_file(copy / "activations.safetensors")
+    (copy / "activations.safetensors").unlink()
+    model = run.parents[1] / "tiny-qwen35"
+    res = CliRunner().invoke(main, ["quality-report", str(copy), "--model", str(model), "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    after = load_file(copy / "activations.safetensors")
+    assert before.keys() == after.keys()
+    for k in before:
+        assert (before[k] - after[k]).abs().max() < 1e-5, k
+    assert (copy / "quality.json").is_file()
