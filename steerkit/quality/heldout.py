@@ -6,6 +6,7 @@ CPU float32 first.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -45,7 +46,12 @@ def stratified_folds(labels: Array, k: int, seed: int = 0) -> torch.Tensor:
 
 
 def held_out_readout(
-    acts: Array, labels: Array, n_concepts: int | None = None, k_folds: int = 5, seed: int = 0
+    acts: Array,
+    labels: Array,
+    n_concepts: int | None = None,
+    k_folds: int = 5,
+    seed: int = 0,
+    vector_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> HeldOutReadout:
     """Does the CAA vector read a concept in text it was not built from? acts (N, H); labels (N,)
     long, c in [0, C) or -1 for unlabelled texts (e.g. baselines: a negative of every concept,
@@ -53,7 +59,9 @@ def held_out_readout(
     other folds plus the unlabelled), v_c = unit(mean(pos_c) - mean(rest)) for all c at once
     (CAA, as `diff_of_means`, from per-(fold, label) sums); each held-out text x gets scores
     v_c . (x - mean of the training texts) and is read as the argmax. A concept without training positives in a fold (fewer texts than
-    folds) cannot be predicted in that fold (score -inf)."""
+    folds) cannot be predicted in that fold (score -inf).
+    vector_fn: for another vector method, a function of the training mask (N,) bool returning
+    (C, H) vectors built from those texts only (rows are unit-normalised here); default CAA."""
     a = as_f32(acts)
     lab = torch.as_tensor(labels).detach().to("cpu", torch.long)
     if a.ndim != 2 or lab.shape != (a.shape[0],):
@@ -81,6 +89,8 @@ def held_out_readout(
         pos_sum, pos_n = class_sum - fold_sum[:, f], (class_n - fold_n[:, f]).unsqueeze(1)  # training positives
         tr_sum, tr_n = all_sum - fold_sum[:, f].sum(0), all_n - fold_n[:, f].sum()  # all training texts
         v = unit_rows(pos_sum / pos_n - (tr_sum - pos_sum) / (tr_n - pos_n))  # (C, H); NaN if pos_n == 0
+        if vector_fn is not None:  # another vector method, built from the training texts only
+            v = unit_rows(as_f32(vector_fn(~test))).masked_fill(pos_n == 0, float("nan"))
         scores = (a[test] - tr_sum / tr_n) @ v.T  # (N_test, C)
         top = torch.topk(scores.nan_to_num(nan=float("-inf")), min(3, c), dim=1).indices
         truth = lab[test].unsqueeze(1)

@@ -48,6 +48,7 @@ class RunData:
     vectors: ConceptVectors
     resid: dict[int, torch.Tensor]  # layer -> (N, H)
     heads: dict[int, torch.Tensor]  # layer -> (N, nh, hd)
+    neutral: dict[int, torch.Tensor]  # layer -> (n_neutral, H); only for the `centered` method
     w_down: dict[int, torch.Tensor]  # layer -> (H, I)
     texts: list[dict[str, Any]]
     manifest: dict[str, dict[str, Any]]  # concept -> manifest entry (valence, arousal, ...)
@@ -82,6 +83,7 @@ def load_run(run: str | Path) -> RunData:
     if any(v.shape[0] != len(texts) for v in resid.values()):
         raise RunDirError(f"{d}: activations and texts.json disagree on the number of texts; re-run `steerkit extract`")
     heads = {la: acts[f"heads.layer_{la}"].float() for la in cv.layers if f"heads.layer_{la}" in acts}
+    neutral = {la: acts[f"neutral.layer_{la}"].float() for la in cv.layers if f"neutral.layer_{la}" in acts}
     w_down: dict[int, torch.Tensor] = {}
     if (d / "mlp_down.safetensors").is_file():
         w = load_file(d / "mlp_down.safetensors")
@@ -93,7 +95,7 @@ def load_run(run: str | Path) -> RunData:
             manifest = {c["name"]: c for c in json.loads(mpath.read_text())["concepts"]}
         except (json.JSONDecodeError, KeyError, TypeError):
             manifest = {}
-    return RunData(d, cv, resid, heads, w_down, texts, manifest)
+    return RunData(d, cv, resid, heads, neutral, w_down, texts, manifest)
 
 
 def _f(x: Any, nd: int = 4) -> Any:
@@ -175,7 +177,9 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     if layer in data.heads:
         k_heads = top_k_heads(data.heads[layer].shape[1], cfg.top_heads)
         heads = head_decomposition(data.heads[layer], pos, top_k=k_heads)
-    held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed)
+    held = held_out_readout(
+        acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed, vector_fn=_method_fn(data, layer, pos)
+    )
     concepts: dict[str, Any] = {}
     for c, name in enumerate(names):
         lowest = []
@@ -231,6 +235,23 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
         "top_heads_used": k_heads,
         "concepts": concepts,
     }
+
+
+def _method_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
+    """For runs made with `paired` or `centered`, the held-out readout rebuilds vectors with the
+    same method from the training folds; None (plain CAA) otherwise."""
+    from ..vectors import methods
+
+    method, acts = data.vectors.meta.get("method", "caa"), data.resid[layer]
+    if method == "paired":
+        scen_names = sorted({s["scenario"] for t in data.texts for s in t["sources"] if s.get("scenario")})
+        scenario = torch.tensor(
+            [next((scen_names.index(s["scenario"]) for s in t["sources"] if s.get("scenario")), -1) for t in data.texts]
+        )
+        return lambda train: methods.paired(acts, pos & train, ~pos & train, torch.where(train, scenario, -1))[0]
+    if method == "centered" and layer in data.neutral:
+        return lambda train: methods.centered(acts[train], pos[:, train], data.neutral[layer])[0]
+    return None
 
 
 def top_k_heads(n_heads: int, top: int) -> int:

@@ -128,6 +128,8 @@ def extract(
     out.mkdir(parents=True, exist_ok=True)
     tensors = {f"resid.layer_{la}": res.resid[la][:n].contiguous() for la in layers}
     tensors.update({f"heads.layer_{la}": v[:n].contiguous() for la, v in res.heads.items()})
+    if neutral:
+        tensors.update({f"neutral.layer_{la}": res.resid[la][n:].contiguous() for la in layers})
     atomic_save_safetensors(tensors, out / "activations.safetensors")
     downs = {
         f"layer_{la}": w.to("cpu", torch.float16).contiguous()
