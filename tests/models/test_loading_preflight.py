@@ -80,18 +80,14 @@ def test_shared_rwkv_logits_and_preflight(shared_rwkv):
 
 
 @pytest.mark.real
-def test_smollm_preflight(smollm):
-    rep = preflight.check(smollm)
-    assert rep.ok, rep.failures
-    assert rep.table["blocks"] == 30 and rep.table["hidden size"] == 576
-    assert rep.table["reference loss ratio"] < 0.5
-
-
-@pytest.mark.real
 def test_cli_verify_smollm_json():
+    """The default model (no --model) passes the preflight, through the CLI."""
     res = CliRunner().invoke(main, ["verify", "--json"])
     assert res.exit_code == 0, res.output
-    assert json.loads(res.output)["ok"] is True
+    rep = json.loads(res.output)
+    assert rep["ok"] is True and not rep["failures"]
+    assert rep["table"]["blocks"] == 30 and rep["table"]["hidden size"] == 576
+    assert rep["table"]["reference loss ratio"] < 0.5 and rep["table"]["parameters"] == 134515008
 
 
 @pytest.mark.parametrize(

@@ -73,7 +73,7 @@ def test_multiplicative_before_norm_washes_out_additive_does_not(family, tiny_lm
         assert block_change > 0.05  # the coupling really acts on the residual stream
         rel[name] = float((got["norm"] - base["norm"]).norm() / base["norm"].norm())
     assert rel["multiplicative"] < 1e-2  # only the norm's eps lets anything through
-    assert rel["additive"] > 0.05 and rel["additive"] > 20 * rel["multiplicative"]
+    assert rel["additive"] > 0.05 and rel["additive"] > 10 * rel["multiplicative"]
 
 
 @pytest.mark.parametrize("family", FAMILIES)
