@@ -37,7 +37,7 @@ def run(tmp_path_factory, tiny_tok):
             "all",
             "--out",
             str(out),
-            "--allow-untrained",
+            "--no-preflight",
             "--no-cache",
         ],
     )
