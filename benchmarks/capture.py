@@ -68,7 +68,7 @@ def naive(lm, texts, layers):
     return out
 
 
-def bench(lm, texts, layers, max_batch_tokens=4096, repeats=2) -> dict[str, float]:
+def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
     """Times of (a)-(d); (a) and (c) are interleaved `repeats` times and the minimum is kept, so a
     burst of load from other processes does not bias one side of the ratio."""
     t: dict[str, float] = {"a_bare": float("inf"), "c_cold": float("inf"), "d_warm": float("inf")}

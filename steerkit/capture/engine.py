@@ -104,7 +104,7 @@ def capture(
     *,
     sites: Sequence[str] = ("resid",),
     pooling: str | Pooling = "last",
-    max_batch_tokens: int = 4096,
+    max_batch_tokens: int = 1024,
     max_tokens: int | None = None,
     padding_side: Literal["right", "left"] = "right",
     cache_dir: str | Path | None = None,

@@ -24,7 +24,12 @@ from .progress import progress_bar
 @click.option("--layers", default="-1", show_default=True, help="e.g. 12 | -1 | 0.5 | 4:10 | all (comma-separated).")
 @click.option("--site", "sites", default="resid", show_default=True, help="Comma-separated: resid, heads, mlp.")
 @click.option("--pooling", default="last", show_default=True, help="last | mean | mean_after:N.")
-@click.option("--max-batch-tokens", default=4096, show_default=True, help="Padded tokens per batch.")
+@click.option(
+    "--max-batch-tokens",
+    default=1024,
+    show_default=True,
+    help="Padded tokens per batch (1024 measured fastest on a 2-core CPU; raise it on a GPU).",
+)
 @click.option("--max-tokens", default=None, type=int, help="Truncate texts to this many tokens.")
 @click.option(
     "--cache-dir",

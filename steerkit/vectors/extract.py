@@ -43,7 +43,7 @@ class ExtractConfig:
     pooling: str = DEFAULT_POOLING
     out: str | None = None
     dtype: str = "float32"
-    max_batch_tokens: int = 4096
+    max_batch_tokens: int = 1024
     preflight: bool = True
     allow_untrained: bool = False
     cache: bool = True
