@@ -33,3 +33,7 @@ class ReadoutError(SteerkitError):
 
 class RunDirError(SteerkitError):
     """A run directory is missing, malformed or not what the command needs."""
+
+
+class ExperimentError(SteerkitError):
+    """An intervention experiment was given bad input (R levels, prompts, readout)."""

@@ -1,0 +1,177 @@
+"""The design of an intervention experiment: settings, prompts, R levels, seeds, the three experiments.
+
+Paired design (docs/intervene.md): for every prompt, the model with the trained phase core
+free-running (the `free` arm) is compared with the same model with R forced to each level (one
+arm per level), everything else identical. Three experiments share prompts, levels and seeds:
+
+- real:     the trained core and coupling;
+- negative: the same with the coupling detached (R computed, not applied): must show nothing;
+- positive: the trained core driving a planted additive coupling of known strength
+            (alpha = positive_alpha along a fixed random unit direction): must show an effect.
+
+Seeds: sampled generations of arm a, prompt i, draw j use `arm_seed(seed, i, a, j)`; each arm has
+its own seeds, so under the null the generations of two arms are exchangeable and the paired
+sign-flip test is exact. Teacher-forced measures use no randomness that reaches the model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, get_args
+
+import numpy as np
+
+from ..errors import ExperimentError
+from ..phase.core import ForceMethod
+
+EXPERIMENTS: tuple[str, ...] = ("real", "negative", "positive")
+R_MAX_APPLIED = 1.0 - 1e-6  # PhaseCore forces R in [0, 1); a requested 1.0 is applied as this
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A prompt and its fixed continuation for teacher forcing (None: made greedily at run time)."""
+
+    text: str
+    continuation: str | None = None
+
+
+@dataclass(frozen=True)
+class InterveneConfig:
+    """Settings of `steerkit intervene`; the CLI options mirror these fields.
+
+    levels: forced R values in [0, 1] (1.0 is applied as 1 - 1e-6).
+    seeds: sampled generations per prompt and arm. max_new_tokens, temperature: sampling.
+    top_k: k of the top-k overlap. distinct_n: n of distinct-n. continuation_tokens: length of the
+    greedy continuation made for prompts that have none. positive_alpha: strength of the planted
+    additive coupling (the residual at the coupled block moves by positive_alpha * |R - center| *
+    rms(h) along a fixed unit direction). alpha: significance level after Holm correction.
+    kl_floor: a per-prompt KL below this (nats/token) counts as exactly 0 (numerical noise of
+    non-deterministic kernels). batch_prompts: prompts per forward pass / generate() call.
+    """
+
+    levels: tuple[float, ...]
+    method: ForceMethod = "vonmises"
+    seeds: int = 5
+    seed: int = 0
+    max_new_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = 10
+    distinct_n: int = 2
+    continuation_tokens: int = 24
+    positive_alpha: float = 0.5
+    alpha: float = 0.05
+    permutations: int = 10000
+    bootstrap: int = 2000
+    kl_floor: float = 1e-7
+    batch_prompts: int = 10
+    readout_layer: int | None = None
+    concepts: tuple[str, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        check_levels(self.levels)
+        if self.method not in get_args(ForceMethod):
+            raise ValueError(f"method must be one of {get_args(ForceMethod)}, got {self.method!r}")
+        for name in ("seeds", "max_new_tokens", "top_k", "distinct_n", "continuation_tokens", "batch_prompts"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be > 0, got {self.temperature}")
+        if not 0.0 < self.alpha < 1.0:
+            raise ValueError(f"alpha must lie in (0, 1), got {self.alpha}")
+        if self.permutations < 100 or self.bootstrap < 100:
+            raise ValueError("permutations and bootstrap must be >= 100")
+        if self.positive_alpha <= 0 or self.kl_floor < 0:
+            raise ValueError("positive_alpha must be > 0 and kl_floor >= 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def check_levels(levels: tuple[float, ...] | list[float]) -> tuple[float, ...]:
+    """Levels must be a non-empty list of finite numbers in [0, 1] without duplicates."""
+    if len(levels) == 0:
+        raise ExperimentError("no R level given: pass --force-R R (repeatable) or --grid START:STOP:STEP")
+    bad = [r for r in levels if not (math.isfinite(r) and 0.0 <= r <= 1.0)]
+    if bad:
+        raise ExperimentError(f"forced R must lie in [0, 1] (R is an order parameter); got {bad}")
+    if len(set(levels)) != len(levels):
+        raise ExperimentError(f"duplicate R levels in {list(levels)}")
+    return tuple(float(r) for r in levels)
+
+
+def applied_level(r: float) -> float:
+    """The value handed to PhaseCore.set_force (which needs R < 1)."""
+    return min(float(r), R_MAX_APPLIED)
+
+
+def parse_grid(spec: str) -> tuple[float, ...]:
+    """'START:STOP:STEP' -> START, START+STEP, ..., STOP (inclusive, rounded to 10 decimals)."""
+    parts = spec.split(":")
+    try:
+        start, stop, step = (float(p) for p in parts)
+    except ValueError as e:
+        raise ExperimentError(f"--grid {spec!r}: use START:STOP:STEP, e.g. 0:1:0.1") from e
+    if not step > 0 or stop < start:
+        raise ExperimentError(f"--grid {spec!r}: need STEP > 0 and STOP >= START")
+    n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    return check_levels([round(start + k * step, 10) for k in range(n)])
+
+
+def merge_levels(force: tuple[float, ...] | list[float], grid: str | None) -> tuple[float, ...]:
+    """--force-R values plus the --grid values, sorted, duplicates removed."""
+    levels = [float(r) for r in force] + (list(parse_grid(grid)) if grid else [])
+    bad = [r for r in levels if not (math.isfinite(r) and 0.0 <= r <= 1.0)]
+    if bad:
+        raise ExperimentError(f"forced R must lie in [0, 1] (R is an order parameter); got {bad}")
+    return check_levels(sorted(set(levels)))
+
+
+def arm_seed(seed: int, prompt: int, arm: int, draw: int) -> int:
+    """The sampling seed of draw `draw` in arm `arm` (0 = free, k = level k) for prompt `prompt`."""
+    ss = np.random.SeedSequence([int(seed), int(prompt), int(arm), int(draw)])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+# ---- prompts ---------------------------------------------------------------------------------
+def default_prompts_path() -> Path:
+    """corpora/prompts/default.jsonl of the source tree, else of the working directory."""
+    here = Path(__file__).resolve().parents[2] / "corpora" / "prompts" / "default.jsonl"
+    return here if here.is_file() else Path("corpora") / "prompts" / "default.jsonl"
+
+
+def load_prompts(path: str | Path | None = None) -> list[Prompt]:
+    """Prompts from a .jsonl ({"prompt": ..., "continuation": ...} per line; continuation optional)
+    or a text file (one prompt per line, optionally `prompt ||| continuation`; blank lines and
+    lines starting with # are skipped). None: the default prompt set."""
+    p = Path(path) if path is not None else default_prompts_path()
+    if not p.is_file():
+        raise ExperimentError(f"prompt file {p} does not exist; pass --prompts FILE (.jsonl or .txt)")
+    out: list[Prompt] = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        if p.suffix == ".jsonl":
+            try:
+                obj = json.loads(line)
+                text, cont = obj["prompt"], obj.get("continuation")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ExperimentError(
+                    f'{p}:{n}: expected {{"prompt": "...", "continuation": "..."}} ({type(e).__name__})'
+                ) from e
+        else:
+            text, sep, cont = line.partition("|||")
+            cont = cont if sep else None
+            text = text.strip()
+            cont = None if cont is None else " " + cont.strip()
+        if not isinstance(text, str) or not text.strip():
+            raise ExperimentError(f"{p}:{n}: empty prompt")
+        if cont is not None and (not isinstance(cont, str) or not cont.strip()):
+            cont = None
+        out.append(Prompt(text, cont))
+    if not out:
+        raise ExperimentError(f"prompt file {p} holds no prompts; put one prompt per line")
+    return out
