@@ -98,7 +98,12 @@ def extract(
     out = prepare_out(Path(cfg.out), "extract") if cfg.out else new_run_dir(Path(spec).name, cfg.method)
     lm = lm or load(spec)
     if cfg.preflight:
-        preflight.check(lm, allow_untrained=cfg.allow_untrained)
+        rep = preflight.check(lm, allow_untrained=cfg.allow_untrained)
+        t = rep.table
+        echo(
+            f"preflight passed: {t['model']} ({t['family']}, {t['blocks']} blocks, hidden {t['hidden size']}, "
+            f"{t['parameters']:,} parameters, reference loss ratio {t['reference loss ratio']})"
+        )
     n_blocks = lm.adapter.n_blocks(lm.model)
     layers = parse_layers(cfg.layers, n_blocks) if cfg.layers else default_spread(n_blocks, count=8)
     for layer in layers:
