@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .capture.cache import atomic_write_bytes
 from .errors import RunDirError
+from .io import atomic_write_bytes
 
 
 def runs_root() -> Path:

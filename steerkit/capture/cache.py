@@ -9,71 +9,23 @@ recomputed), never trusted.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import os
-import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from ..io import atomic_save_safetensors, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 1
 
 
-def _umask_mode() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a temp file in the same folder and os.replace."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode())  # mkstemp creates 0600; give the file the user's usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_save_safetensors(
-    tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str] | None = None
-) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({k: v.contiguous() for k, v in tensors.items()}, tmp, metadata=metadata)
-        os.chmod(tmp, _umask_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def key(text_sha: str, site: str, pooling: str, layer: int) -> str:
     return f"{text_sha}|{site}|{pooling}|{layer}"
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class ActivationCache:
@@ -119,7 +71,7 @@ class ActivationCache:
             path = self.dir / name
             meta = self.shards[name]
             try:
-                if _sha256_file(path) != meta["sha256"]:
+                if sha256_file(path) != meta["sha256"]:
                     raise ValueError("checksum mismatch")
                 self._loaded[name] = load_file(path)
             except Exception as e:  # missing, truncated, corrupt: recompute, never trust
@@ -146,7 +98,7 @@ class ActivationCache:
         name = f"shard-{uuid.uuid4().hex[:16]}.safetensors"
         path = self.dir / name
         atomic_save_safetensors(tensors, path)
-        self.shards[name] = {"sha256": _sha256_file(path), "keys": sorted(tensors)}
+        self.shards[name] = {"sha256": sha256_file(path), "keys": sorted(tensors)}
         for k in tensors:
             self.where[k] = name
         self._write_index()

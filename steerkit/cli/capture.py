@@ -66,8 +66,8 @@ def capture(
     """Capture pooled activations of texts into OUT/activations.safetensors + OUT/capture.json."""
     from ..capture import capture as run_capture
     from ..capture import depth_label, parse_layers, parse_pooling
-    from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
     from ..errors import SteerkitError
+    from ..io import atomic_save_safetensors, atomic_write_bytes
     from ..models import load, preflight
     from ..models.zoo import cache_root
     from ..textio import read_texts

@@ -64,9 +64,9 @@ def _recapture(run_dir: Path, model: str) -> None:
     import json
 
     from ..capture import capture
-    from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
     from ..corpus import load as load_corpus
     from ..errors import RunDirError
+    from ..io import atomic_save_safetensors, atomic_write_bytes
     from ..models import load
     from ..vectors import ConceptVectors
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ..capture.cache import atomic_write_bytes
+from ..io import atomic_write_bytes
 from ..runs import finish_run
 from . import measures as M
 from .analysis import analyze_experiment, verdicts

@@ -357,7 +357,7 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
 
 def write_report(run: str | Path, cfg: QualityConfig = QualityConfig()) -> dict[str, Any]:
     """Build the report of a run folder and write quality.json, quality.md and the PNGs into it."""
-    from ..capture.cache import atomic_write_bytes
+    from ..io import atomic_write_bytes
     from .render import figures, markdown
 
     data = load_run(run)

@@ -9,7 +9,6 @@ absent; a checksum mismatch marks it corrupt and the previous checkpoint is used
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -24,17 +23,11 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..io import sha256_file
+
 log = logging.getLogger(__name__)
 FORMAT = 1
 STEP_DIR = re.compile(r"^step-(\d{8})$")
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 # ---- optimizer and RNG state <-> (tensors, JSON) -----------------------------------------------

@@ -385,6 +385,6 @@ def _read_metrics(path: Path) -> list[dict[str, Any]]:
 
 
 def write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:
-    from ..capture.cache import atomic_write_bytes
+    from ..io import atomic_write_bytes
 
     atomic_write_bytes(path, "".join(json.dumps(r) + "\n" for r in rows).encode())

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..capture.cache import atomic_write_bytes
 from ..errors import RunDirError
+from ..io import atomic_write_bytes
 from ..phase.metrics import ACTIONS, TONES
 
 TONE_COLORS = {

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
 from ..capture.layers import parse_layers
 from ..errors import LayerSpecError, ReadoutError, RunDirError
+from ..io import atomic_save_safetensors, atomic_write_bytes
 from ..phase.core import PhaseCore
 from ..phase.couplings import Coupling, make_coupling
 from ..runs import finish_run, runs_root

@@ -20,9 +20,9 @@ import torch
 
 from .. import __version__
 from ..capture import capture, default_spread, depth_label, parse_layers, parse_pooling
-from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
 from ..corpus import Corpus
 from ..corpus import load as load_corpus
+from ..io import atomic_save_safetensors, atomic_write_bytes
 from ..models import LoadedModel, load, preflight
 from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out

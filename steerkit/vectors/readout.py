@@ -18,8 +18,8 @@ from typing import Any
 
 import torch
 
-from ..capture.cache import atomic_save_safetensors, atomic_write_bytes
 from ..errors import ReadoutError
+from ..io import atomic_save_safetensors, atomic_write_bytes
 
 FORMAT_VERSION = 1
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
