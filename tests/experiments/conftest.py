@@ -6,15 +6,13 @@ from __future__ import annotations
 import pytest
 import torch
 
+from steerkit.quality.metrics import one_thread
+
 
 @pytest.fixture(autouse=True, scope="package")
 def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with one_thread():
         yield
-    finally:
-        torch.set_num_threads(old)
 
 
 @pytest.fixture(scope="session")
