@@ -37,7 +37,7 @@ def peak_rss_mb() -> float:
 
 def bare(lm, texts, layers, max_batch_tokens):
     """(a): the same bucketed batches through the base model, stopped after the last block."""
-    enc = [lm.tokenizer(t).input_ids for t in dict.fromkeys(texts)]
+    enc = lm.tokenizer(list(dict.fromkeys(texts))).input_ids
     blocks = lm.adapter.blocks(lm.model)
 
     def stop(*_):

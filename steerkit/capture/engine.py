@@ -23,7 +23,7 @@ import torch
 
 from ..models.adapters import Adapter
 from ..models.loading import LoadedModel
-from .cache import ActivationCache, key
+from .cache import ActivationCache, entry, key
 from .layers import parse_layers
 from .pooling import Pooling, parse_pooling, pool
 
@@ -108,6 +108,7 @@ def capture(
     max_tokens: int | None = None,
     padding_side: Literal["right", "left"] = "right",
     cache_dir: str | Path | None = None,
+    cache_flush_seconds: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
     backend: str = "hooks",
 ) -> CaptureResult:
@@ -118,8 +119,11 @@ def capture(
     padding_side: 'left' is honoured only for non-recurrent families (with explicit position ids);
         recurrent families (RWKV, Mamba, hybrids) always pad right, which is exact for them.
     cache_dir: activation cache root; entries are keyed by the model fingerprint.
-    backend: 'hooks' (default, fastest: plain forward hooks, early stop) or 'nnsight' (a
-        cross-check through an nnsight trace; same batches, same numbers).
+    cache_flush_seconds: computed entries are written to the cache at most this often (and when the
+        capture ends or is interrupted, e.g. by Ctrl-C); kill -9 loses at most this much work.
+    backend: 'hooks' (default, fastest: plain forward hooks, early stop), 'nnsight' (a
+        cross-check through an nnsight trace) or 'lens' (through a transformer-lens
+        TransformerBridge booted on a copy of the model); same batches, same numbers.
     """
     t0 = time.perf_counter()
     model, adapter, tok = lm.model, lm.adapter, lm.tokenizer
@@ -135,11 +139,9 @@ def capture(
         log.info("%s is recurrent: padding on the right (exact) instead of the left", adapter.family)
         padding_side = "right"
 
-    from .backends import BACKENDS, nnsight_runner
+    from .backends import make_runner
 
-    if backend not in BACKENDS:
-        raise ValueError(f"invalid backend {backend!r}; valid: {', '.join(BACKENDS)}")
-    runner = _run_batch if backend == "hooks" else nnsight_runner(model, tok)
+    runner, unsupported = make_runner(backend, model, tok, adapter)
     result = CaptureResult(layers=layer_list, sites=tuple(sites), pooling=pool_spec.name)
     wanted: list[tuple[str, int]] = []
     for site in sites:
@@ -149,6 +151,8 @@ def capture(
                 result.skipped[(site, layer)] = f"block {layer} ({info.kind}) has no heads"
             elif site == "mlp" and info.mlp_down is None:
                 result.skipped[(site, layer)] = f"block {layer}: {info.no_mlp_reason or 'no MLP'}"
+            elif (site, layer) in unsupported:
+                result.skipped[(site, layer)] = unsupported[(site, layer)]
             else:
                 wanted.append((site, layer))
 
@@ -157,7 +161,7 @@ def capture(
         uniq.setdefault(t, len(uniq))
     utexts = list(uniq)
     shas = [text_sha(t) for t in utexts]
-    cache = ActivationCache(cache_dir, lm.info["fingerprint"]) if cache_dir else None
+    cache = ActivationCache(cache_dir, lm.info["fingerprint"], cache_flush_seconds) if cache_dir else None
     values: dict[tuple[str, int], list[torch.Tensor | None]] = {w: [None] * len(utexts) for w in wanted}
     todo: list[int] = []
     for u, sha in enumerate(shas):
@@ -170,7 +174,7 @@ def capture(
                 continue
         todo.append(u)
 
-    encoded = [tok(utexts[u], add_special_tokens=True).input_ids for u in todo]
+    encoded = list(tok([utexts[u] for u in todo], add_special_tokens=True).input_ids) if todo else []
     if max_tokens:
         encoded = [e[:max_tokens] for e in encoded]
     if any(len(e) == 0 for e in encoded):
@@ -184,22 +188,27 @@ def capture(
         last_layer = max(lay for _, lay in wanted)
         dev = _input_device(model, adapter)
         base = adapter.base_model(model)
-        for batch in batches:
-            ids, mask = _pad([encoded[i] for i in batch], int(tok.pad_token_id), padding_side)
-            pooled = runner(
-                model, base, adapter, ids.to(dev), mask, wanted, last_layer, pool_spec, padding_side == "left"
-            )
-            new: dict[str, torch.Tensor] = {}
-            for w, val in pooled.items():
-                for r, i in enumerate(batch):
-                    u = todo[i]
-                    values[w][u] = val[r]
-                    new[key(shas[u], w[0], pool_spec.name, w[1])] = val[r].clone()
+        run = runner or _run_batch
+        try:
+            for batch in batches:
+                ids, mask = _pad([encoded[i] for i in batch], int(tok.pad_token_id), padding_side)
+                pooled = run(
+                    model, base, adapter, ids.to(dev), mask, wanted, last_layer, pool_spec, padding_side == "left"
+                )
+                for w, val in pooled.items():
+                    for r, i in enumerate(batch):
+                        values[w][todo[i]] = val[r]
+                if cache is not None:
+                    cache.put_rows(
+                        [shas[todo[i]] for i in batch],
+                        {entry(site, pool_spec.name, layer): val for (site, layer), val in pooled.items()},
+                    )
+                done += len(batch)
+                if progress:
+                    progress(done, len(utexts))
+        finally:  # an interrupted capture keeps what it computed
             if cache is not None:
-                cache.put_many(new)
-            done += len(batch)
-            if progress:
-                progress(done, len(utexts))
+                cache.flush()
 
     rows = [uniq[t] for t in texts]
     for (site, layer), vals in values.items():

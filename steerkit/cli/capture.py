@@ -40,10 +40,11 @@ from .progress import progress_bar
 @click.option("--out", "out_dir", required=True, type=click.Path(), help="Output folder.")
 @click.option(
     "--backend",
-    type=click.Choice(["hooks", "nnsight"]),
+    type=click.Choice(["hooks", "nnsight", "lens"]),
     default="hooks",
     show_default=True,
-    help="hooks: plain forward hooks (fastest); nnsight: the same sites through an nnsight trace.",
+    help="hooks: plain forward hooks (fastest); nnsight: the same sites through an nnsight trace; "
+    "lens: through a transformer-lens TransformerBridge on a copy of the model (pip install 'steerkit[lens]').",
 )
 @click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
 @click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight.")

@@ -127,7 +127,7 @@ def test_cache_hit_and_corrupt_shard(tmp_path, tiny_lm_factory):
     torch.testing.assert_close(first.resid[2], again.resid[2], atol=0, rtol=0)
     cache = ActivationCache(tmp_path, lm.info["fingerprint"])
     victim = sorted(cache.shards)[0]
-    n_victim = len({k.split("|")[0] for k in cache.shards[victim]["keys"]})
+    n_victim = len(cache.shards[victim]["texts"])
     data = bytearray((cache.dir / victim).read_bytes())
     data[-3] ^= 0xFF
     (cache.dir / victim).write_bytes(bytes(data))
@@ -177,3 +177,48 @@ def test_nnsight_backend_agrees_with_hooks(family, tiny_lm_factory):
         assert a.site(site).keys() == b.site(site).keys()
         for layer, v in a.site(site).items():
             torch.testing.assert_close(v, b.site(site)[layer], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_lens_backend_agrees_with_hooks(family, tiny_lm_factory, monkeypatch):
+    """transformer-lens TransformerBridge reads the same numbers, on a copy: the model is untouched."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    lm = tiny_lm_factory(family)
+    calls = []
+    real = TransformerBridge.run_with_cache
+
+    def spy(self, *args, **kwargs):
+        calls.append(kwargs.get("stop_at_layer"))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(TransformerBridge, "run_with_cache", spy)
+    names = [n for n, _ in lm.model.named_modules()]
+    attn = lm.model.config._attn_implementation
+    sites = ("resid", "heads", "mlp")
+    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean_after:1", backend="hooks")
+    b = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean_after:1", backend="lens", max_batch_tokens=64)
+    assert calls and set(calls) == {3}, "the bridge must run, stopping after block 2"
+    assert [n for n, _ in lm.model.named_modules()] == names and lm.model.config._attn_implementation == attn
+    lens_only = {w: why for w, why in b.skipped.items() if w not in a.skipped}
+    assert all("transformer-lens has no hook point" in why for why in lens_only.values())
+    # transformer-lens re-implements Gated DeltaNet, so its out_proj input has no hook point
+    delta = {("heads", i) for i in (0, 2) if lm.adapter.block_info(lm.model, i).kind == "linear_attention"}
+    assert set(lens_only) == delta
+    for site in sites:
+        for layer, v in b.site(site).items():
+            torch.testing.assert_close(v, a.site(site)[layer], atol=1e-5, rtol=1e-5)
+        assert b.site(site).keys() | {lay for s, lay in lens_only if s == site} == a.site(site).keys()
+
+
+@pytest.mark.real
+def test_lens_backend_agrees_with_hooks_on_smollm(smollm):
+    """Real weights: the bridge runs eager attention, the user's model keeps sdpa; fp32 agreement 1e-5."""
+    texts = TEXTS[:4]
+    kw = dict(layers=[3, 20], sites=("resid", "heads", "mlp"), pooling="mean_after:1")
+    a = capture(smollm, texts, **kw)
+    b = capture(smollm, texts, backend="lens", padding_side="left", **kw)
+    assert a.skipped == b.skipped == {}
+    for site in kw["sites"]:
+        for layer, v in a.site(site).items():
+            torch.testing.assert_close(b.site(site)[layer], v, atol=1e-5, rtol=1e-5)

@@ -28,7 +28,7 @@ CHILD = textwrap.dedent(
         if state["calls"] == 5:  # after 4 batches, die without any cleanup
             os.kill(os.getpid(), signal.SIGKILL)
     capture(lm, texts, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40,
-            cache_dir=sys.argv[2], progress=progress)
+            cache_dir=sys.argv[2], cache_flush_seconds=0, progress=progress)
     """
 )
 
@@ -57,3 +57,26 @@ def test_sigkill_then_resume(tmp_path, tiny_tok):
     for layer in fresh.resid:
         torch.testing.assert_close(resumed.resid[layer], fresh.resid[layer], atol=1e-6, rtol=0)
         torch.testing.assert_close(resumed.heads[layer], fresh.heads[layer], atol=1e-6, rtol=0)
+
+
+def test_ctrl_c_keeps_computed_batches(tmp_path, tiny_lm_factory):
+    """Ctrl-C mid-capture (default write-behind flushing): the batches finished so far are written."""
+    import pytest
+
+    lm = tiny_lm_factory("qwen2")
+    state = {"calls": 0, "done": 0}
+
+    def progress(done, total):
+        state["calls"] += 1
+        if state["calls"] == 5:  # the initial call, then 4 finished batches
+            state["done"] = done
+            raise KeyboardInterrupt
+
+    kw = dict(sites=("resid",), pooling="mean", max_batch_tokens=40, cache_dir=tmp_path)
+    with pytest.raises(KeyboardInterrupt):
+        capture(lm, TEXTS, [1, 3], progress=progress, **kw)
+    resumed = capture(lm, TEXTS, [1, 3], **kw)
+    assert 0 < resumed.stats["n_cached"] == state["done"] < len(TEXTS), (resumed.stats, state)
+    fresh = capture(lm, TEXTS, [1, 3], sites=("resid",), pooling="mean")
+    for layer in fresh.resid:
+        torch.testing.assert_close(resumed.resid[layer], fresh.resid[layer], atol=1e-6, rtol=0)

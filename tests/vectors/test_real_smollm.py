@@ -13,8 +13,20 @@ from steerkit.quality.heldout import held_out_readout
 from steerkit.vectors import methods
 
 ROOT = Path(__file__).resolve().parents[2]
-CONCEPTS = ["happy", "sad", "angry", "afraid", "calm", "bored", "proud", "disgusted", "grateful", "lonely",
-            "curious", "guilty"]
+CONCEPTS = [
+    "happy",
+    "sad",
+    "angry",
+    "afraid",
+    "calm",
+    "bored",
+    "proud",
+    "disgusted",
+    "grateful",
+    "lonely",
+    "curious",
+    "guilty",
+]
 
 
 @pytest.mark.real
