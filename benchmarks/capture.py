@@ -5,8 +5,10 @@ In one run, on the same texts (the first N corpus stories) and the same layers:
   (b) naive: full model(...) with output_hidden_states=True, one text at a time;
   (c) steerkit capture, cold (empty cache);  (d) steerkit capture, warm (from the cache).
 Goals: (c)/(a) <= 1.05, (b)/(c) >= 3, (c)/(d) >= 20. Prints a table and writes JSON.
+Also reported: (b)/(a), the ceiling of (b)/(c) on this machine (no capture beats the bare forward),
+and with --backends the cold time of the nnsight and lens backends relative to hooks (no cache).
 
-    .venv/bin/python benchmarks/capture.py [--model smollm2-135m] [--n 200] [--also-tiny]
+    .venv/bin/python benchmarks/capture.py [--model smollm2-135m] [--n 200] [--also-tiny] [--backends]
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from steerkit.capture import capture, default_spread  # noqa: E402
+from steerkit.capture import capture, default_spread, parse_layers  # noqa: E402
 from steerkit.capture.engine import _pad, _StopForward, make_batches  # noqa: E402
 from steerkit.corpus import load as load_corpus  # noqa: E402
 from steerkit.models import from_model, load  # noqa: E402
@@ -68,6 +70,18 @@ def naive(lm, texts, layers):
     return out
 
 
+def backends(lm, texts, layers, max_batch_tokens=1024) -> dict[str, float]:
+    """Cold capture time of each backend (no cache), and its ratio to hooks."""
+    t: dict[str, float] = {}
+    for name in ("hooks", "nnsight", "lens"):
+        s = time.perf_counter()
+        capture(lm, texts, layers, pooling="mean_after:1", max_batch_tokens=max_batch_tokens, backend=name)
+        t[f"{name}_s"] = time.perf_counter() - s
+    for name in ("nnsight", "lens"):
+        t[f"{name}/hooks"] = t[f"{name}_s"] / t["hooks_s"]
+    return t
+
+
 def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
     """Times of (a)-(d); (a) and (c) are interleaved `repeats` times and the minimum is kept, so a
     burst of load from other processes does not bias one side of the ratio."""
@@ -91,6 +105,7 @@ def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, floa
     t["b_naive"] = time.perf_counter() - s
     t["c/a"] = t["c_cold"] / t["a_bare"]
     t["b/c"] = t["b_naive"] / t["c_cold"]
+    t["b/a"] = t["b_naive"] / t["a_bare"]
     t["c/d"] = t["c_cold"] / t["d_warm"]
     t["peak_rss_mb"] = peak_rss_mb()
     return t
@@ -102,6 +117,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2, help="Interleaved repeats of (a) and (c); the minimum counts.")
     ap.add_argument("--also-tiny", action="store_true", help="Also a tiny random Qwen2 on the same texts.")
+    ap.add_argument("--tiny-repeats", type=int, default=7, help="Interleaved repeats for the tiny model (cheap).")
+    ap.add_argument("--layers", default=None, help="Layer spec (default: extract's 8-layer spread, 25-85%% depth).")
+    ap.add_argument("--backends", action="store_true", help="Also time the nnsight and lens backends vs hooks.")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capture.json"))
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -109,19 +127,22 @@ def main() -> None:
     texts = [t.text for t in corpus.texts][: args.n]
     results = {}
     lm = load(args.model)
-    layers = default_spread(lm.adapter.n_blocks(lm.model), count=8)
+    n_blocks = lm.adapter.n_blocks(lm.model)
+    layers = parse_layers(args.layers, n_blocks) if args.layers else default_spread(n_blocks, count=8)
     n_tok = sum(len(lm.tokenizer(t).input_ids) for t in texts)
     results[args.model] = bench(lm, texts, layers, repeats=args.repeats) | {
         "texts": len(texts),
         "tokens": n_tok,
         "layers": layers,
     }
+    if args.backends:
+        results[args.model] |= backends(lm, texts, layers)
     if args.also_tiny:
         import tiny_models
 
         tiny = from_model(tiny_models.build("qwen2"), lm.tokenizer, spec="tiny-qwen2")
         tiny.model.resize_token_embeddings(len(lm.tokenizer))
-        results["tiny-qwen2"] = bench(tiny, texts, [1, 3], repeats=args.repeats) | {
+        results["tiny-qwen2"] = bench(tiny, texts, [1, 3], repeats=args.tiny_repeats) | {
             "texts": len(texts),
             "layers": [1, 3],
         }

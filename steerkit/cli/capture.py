@@ -61,12 +61,13 @@ def capture(
     max_tokens: int | None,
     cache_dir: str | None,
     out_dir: str,
+    backend: str,
     no_preflight: bool,
     allow_untrained: bool,
 ) -> None:
     """Capture pooled activations of texts into OUT/activations.safetensors + OUT/capture.json."""
+    from ..capture import SITES, depth_label, parse_layers, parse_pooling
     from ..capture import capture as run_capture
-    from ..capture import depth_label, parse_layers, parse_pooling
     from ..errors import SteerkitError
     from ..io import atomic_save_safetensors, atomic_write_bytes
     from ..models import load, preflight
@@ -74,6 +75,9 @@ def capture(
     from ..textio import read_texts
 
     site_list = tuple(s.strip() for s in sites.split(",") if s.strip())
+    bad = [s for s in site_list if s not in SITES]
+    if bad or not site_list:
+        raise SteerkitError(f"invalid --site {','.join(bad) if bad else repr(sites)}; valid: {', '.join(SITES)}")
     try:
         parse_pooling(pooling)
     except ValueError as e:
@@ -99,6 +103,7 @@ def capture(
                 max_tokens=max_tokens,
                 cache_dir=cdir,
                 progress=bar,
+                backend=backend,
             )
     except ValueError as e:
         raise SteerkitError(str(e)) from e
@@ -111,6 +116,7 @@ def capture(
         "layers": res.layers,
         "sites": list(site_list),
         "pooling": res.pooling,
+        "backend": backend,
         "skipped": [{"site": s, "layer": la, "reason": r} for (s, la), r in res.skipped.items()],
         "texts": [{"source": src} for _, src in items],
         "stats": res.stats,
