@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -70,43 +71,46 @@ def naive(lm, texts, layers):
     return out
 
 
-def backends(lm, texts, layers, max_batch_tokens=1024) -> dict[str, float]:
-    """Cold capture time of each backend (no cache), and its ratio to hooks."""
-    t: dict[str, float] = {}
-    for name in ("hooks", "nnsight", "lens"):
-        s = time.perf_counter()
-        capture(lm, texts, layers, pooling="mean_after:1", max_batch_tokens=max_batch_tokens, backend=name)
-        t[f"{name}_s"] = time.perf_counter() - s
+def backends(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
+    """Cold capture time of each backend (no cache; interleaved repeats, minimum kept) and its ratio
+    to hooks."""
+    t = {f"{name}_s": float("inf") for name in ("hooks", "nnsight", "lens")}
+    for _ in range(repeats):
+        for name in ("hooks", "nnsight", "lens"):
+            s = time.perf_counter()
+            capture(lm, texts, layers, pooling="mean_after:1", max_batch_tokens=max_batch_tokens, backend=name)
+            t[f"{name}_s"] = min(t[f"{name}_s"], time.perf_counter() - s)
     for name in ("nnsight", "lens"):
         t[f"{name}/hooks"] = t[f"{name}_s"] / t["hooks_s"]
     return t
 
 
 def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
-    """Times of (a)-(d); (a) and (c) are interleaved `repeats` times and the minimum is kept, so a
-    burst of load from other processes does not bias one side of the ratio."""
-    t: dict[str, float] = {"a_bare": float("inf"), "c_cold": float("inf"), "d_warm": float("inf")}
+    """Times of (a)-(d). (a), (c) and (d) run back to back `repeats` times; the ratios are medians
+    of the per-repeat ratios (paired, so a drift in machine load cancels), the times are minima."""
+    runs: dict[str, list[float]] = {"a_bare": [], "c_cold": [], "d_warm": []}
     for _ in range(repeats):
         s = time.perf_counter()
         bare(lm, texts, layers, max_batch_tokens)
-        t["a_bare"] = min(t["a_bare"], time.perf_counter() - s)
+        runs["a_bare"].append(time.perf_counter() - s)
         with tempfile.TemporaryDirectory() as cache:
             s = time.perf_counter()
             capture(lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens)
-            t["c_cold"] = min(t["c_cold"], time.perf_counter() - s)
+            runs["c_cold"].append(time.perf_counter() - s)
             s = time.perf_counter()
             warm = capture(
                 lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens
             )
-            t["d_warm"] = min(t["d_warm"], time.perf_counter() - s)
+            runs["d_warm"].append(time.perf_counter() - s)
             assert warm.stats["n_computed"] == 0
+    t = {k: min(v) for k, v in runs.items()}
     s = time.perf_counter()
     naive(lm, texts, layers)
     t["b_naive"] = time.perf_counter() - s
-    t["c/a"] = t["c_cold"] / t["a_bare"]
+    t["c/a"] = statistics.median(c / a for c, a in zip(runs["c_cold"], runs["a_bare"], strict=True))
+    t["c/d"] = statistics.median(c / d for c, d in zip(runs["c_cold"], runs["d_warm"], strict=True))
     t["b/c"] = t["b_naive"] / t["c_cold"]
-    t["b/a"] = t["b_naive"] / t["a_bare"]
-    t["c/d"] = t["c_cold"] / t["d_warm"]
+    t["b/a"] = t["b_naive"] / t["a_bare"]  # the ceiling of b/c: no capture beats the bare forward
     t["peak_rss_mb"] = peak_rss_mb()
     return t
 
@@ -117,7 +121,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=200)
     ap.add_argument("--repeats", type=int, default=2, help="Interleaved repeats of (a) and (c); the minimum counts.")
     ap.add_argument("--also-tiny", action="store_true", help="Also a tiny random Qwen2 on the same texts.")
-    ap.add_argument("--tiny-repeats", type=int, default=7, help="Interleaved repeats for the tiny model (cheap).")
+    ap.add_argument("--tiny-repeats", type=int, default=21, help="Interleaved repeats for the tiny model (cheap).")
     ap.add_argument("--layers", default=None, help="Layer spec (default: extract's 8-layer spread, 25-85%% depth).")
     ap.add_argument("--backends", action="store_true", help="Also time the nnsight and lens backends vs hooks.")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "capture.json"))
@@ -136,7 +140,7 @@ def main() -> None:
         "layers": layers,
     }
     if args.backends:
-        results[args.model] |= backends(lm, texts, layers)
+        results[args.model] |= backends(lm, texts, layers, repeats=args.repeats)
     if args.also_tiny:
         import tiny_models
 

@@ -238,17 +238,22 @@ def _run_batch(
     pooling: Pooling,
     left: bool,
 ) -> dict[tuple[str, int], torch.Tensor]:
-    """One forward of the base model up to `last_layer`, pooling each wanted site in its hook."""
+    """One forward of the base model, pooling each wanted site in its hook. The forward stops as
+    soon as every wanted site of `last_layer` has fired: after that block's output, or earlier
+    inside it when only its heads / MLP input are wanted (the rest of the block never runs)."""
     out: dict[tuple[str, int], torch.Tensor] = {}
     handles = []
     blocks = adapter.blocks(model)
+
+    def stop_if_done(layer: int) -> None:
+        if layer == last_layer and last_sites <= out.keys():
+            raise _StopForward
 
     def block_hook(layer: int) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, args: Any, output: Any) -> None:
             if ("resid", layer) in wanted_set:
                 out[("resid", layer)] = pool(adapter.read_hidden(model, layer, output), mask, pooling).cpu()
-            if layer == last_layer:
-                raise _StopForward
+            stop_if_done(layer)
 
         return hook
 
@@ -259,10 +264,12 @@ def _run_batch(
                 x = x.view(mask.shape[0], mask.shape[1], -1)
             p = pool(x, mask, pooling).cpu()
             out[(site, layer)] = p.view(p.shape[0], *reshape) if reshape else p
+            stop_if_done(layer)
 
         return hook
 
     wanted_set = set(wanted)
+    last_sites = {w for w in wanted if w[1] == last_layer}
     try:
         for site, layer in wanted:
             if site == "heads":

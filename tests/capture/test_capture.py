@@ -118,6 +118,28 @@ def test_early_stop_runs_no_later_block(family, tiny_lm_factory):
     assert calls[:2] == [1, 1] and calls[2:] == [0, 0] and not head_calls
 
 
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba2", "qwen3_5"])
+def test_early_stop_inside_the_last_block(family, tiny_lm_factory):
+    """Only heads wanted at the last block: its MLP and the block's output never run; the heads
+    equal those of a capture that runs the block to the end."""
+    lm = tiny_lm_factory(family)
+    layer = next(i for i in range(4) if lm.adapter.block_info(lm.model, i).n_heads)
+    block = lm.adapter.blocks(lm.model)[layer]
+    down = lm.adapter.mlp_down_module(lm.model, layer)
+    calls = {"block": 0, "down": 0}
+    hs = [block.register_forward_hook(lambda *a: calls.__setitem__("block", calls["block"] + 1))]
+    if down is not None:
+        hs.append(down.register_forward_hook(lambda *a: calls.__setitem__("down", calls["down"] + 1)))
+    try:
+        early = capture(lm, TEXTS[:3], layer, sites=("heads",), pooling="mean")
+    finally:
+        for h in hs:
+            h.remove()
+    assert calls == {"block": 0, "down": 0}
+    full = capture(lm, TEXTS[:3], layer, sites=("heads", "resid"), pooling="mean")
+    torch.testing.assert_close(early.heads[layer], full.heads[layer], atol=0, rtol=0)
+
+
 def test_cache_hit_and_corrupt_shard(tmp_path, tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     first = capture(lm, TEXTS, [1, 2], cache_dir=tmp_path, max_batch_tokens=32)
