@@ -37,3 +37,7 @@ class RunDirError(SteerkitError):
 
 class ExperimentError(SteerkitError):
     """An intervention experiment was given bad input (R levels, prompts, readout)."""
+
+
+class TrainingConfigError(SteerkitError, ValueError):
+    """A training hyper-parameter is invalid (also a ValueError, as the conventions ask)."""

@@ -72,7 +72,7 @@ def _generate(
                 out = lm.model(ids[:, :-1], attention_mask=mask[:, :-1], position_ids=pos[:, :-1], use_cache=True)
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(share)
-                hook._state = hook._state.repeat_interleave(share, 0)
+                hook.repeat_state(share)
                 kw["past_key_values"] = cache
             ids, mask = ids.repeat_interleave(share, 0), mask.repeat_interleave(share, 0)
             out = lm.model.generate(

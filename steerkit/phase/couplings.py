@@ -167,6 +167,12 @@ class PhaseHook:
     def reset(self) -> None:
         self._state, self.outputs = None, []
 
+    def repeat_state(self, n: int) -> None:
+        """Repeat the carried phases n times per row (batch -> batch * n), in step with a KV cache
+        repeated by `batch_repeat_interleave(n)` when one prompt prefix feeds n samples."""
+        if self._state is not None:
+            self._state = self._state.repeat_interleave(n, 0)
+
     def _run_core(self, h: torch.Tensor) -> PhaseOutput:
         state = self._state if self.carry_state else None
         out = self.core(h, state, self.mask)

@@ -6,16 +6,12 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
-from ..errors import SteerkitError
+from ..errors import TrainingConfigError
 from ..models import zoo
 from ..phase.core import PhaseConfig
 from ..phase.couplings import CouplingConfig
 
 CONFIG_VERSION = 1
-
-
-class TrainingConfigError(SteerkitError, ValueError):
-    """A training hyper-parameter is invalid (also a ValueError, as the conventions ask)."""
 
 
 @dataclass(frozen=True)
