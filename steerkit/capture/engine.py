@@ -25,7 +25,7 @@ from ..models.adapters import Adapter
 from ..models.loading import LoadedModel
 from .cache import ActivationCache, entry, key
 from .layers import parse_layers
-from .pooling import Pooling, parse_pooling, pool
+from .pooling import Pooling, make_pooler, parse_pooling
 
 log = logging.getLogger(__name__)
 Site = Literal["resid", "heads", "mlp"]
@@ -252,7 +252,7 @@ def _run_batch(
     def block_hook(layer: int) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, args: Any, output: Any) -> None:
             if ("resid", layer) in wanted_set:
-                out[("resid", layer)] = pool(adapter.read_hidden(model, layer, output), mask, pooling).cpu()
+                out[("resid", layer)] = pooler(adapter.read_hidden(model, layer, output)).cpu()
             stop_if_done(layer)
 
         return hook
@@ -262,12 +262,13 @@ def _run_batch(
             x = args[0]
             if x.dim() == 2:  # MoE blocks flatten (batch * seq, dim) before their experts
                 x = x.view(mask.shape[0], mask.shape[1], -1)
-            p = pool(x, mask, pooling).cpu()
+            p = pooler(x).cpu()
             out[(site, layer)] = p.view(p.shape[0], *reshape) if reshape else p
             stop_if_done(layer)
 
         return hook
 
+    pooler = make_pooler(mask, pooling)
     wanted_set = set(wanted)
     last_sites = {w for w in wanted if w[1] == last_layer}
     try:

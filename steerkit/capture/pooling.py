@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,23 +37,36 @@ def parse_pooling(spec: str | Pooling) -> Pooling:
     raise ValueError(f"invalid pooling {spec!r}; valid: last, mean, mean_after:N (N >= 0)")
 
 
-def pool(h: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
-    """h (batch, seq, dim), mask (batch, seq) with 1 at real tokens -> (batch, dim), fp32.
+def make_pooler(mask: torch.Tensor, pooling: Pooling) -> Callable[[torch.Tensor], torch.Tensor]:
+    """The pooling of one batch as a function h (batch, seq, dim) -> (batch, dim) fp32.
 
-    Works for left and right padding: positions are located through the mask."""
-    mask = mask.to(h.device)
-    t = h.shape[1]
+    mask (batch, seq) has 1 at real tokens; left and right padding both work (positions are located
+    through the mask). The mask work is done once here, so the hooks of every captured site of a
+    batch share it; means are one batched matrix product with per-row weights."""
+    t = mask.shape[1]
+    last = t - 1 - torch.flip(mask, dims=[1]).float().argmax(dim=1)  # (batch,) last real token
     if pooling.kind == "last":
-        last = t - 1 - torch.flip(mask, dims=[1]).float().argmax(dim=1)  # (batch,)
-        return h[torch.arange(h.shape[0], device=h.device), last].float()
+
+        def take_last(h: torch.Tensor) -> torch.Tensor:
+            return h[torch.arange(h.shape[0], device=h.device), last.to(h.device)].float()
+
+        return take_last
     m = mask.float()
     if pooling.kind == "mean_after":
         pos = torch.cumsum(m, dim=1) - 1  # real-token position, (batch, seq)
         keep = m * (pos >= pooling.skip).float()
         short = keep.sum(1) == 0
         if short.any():  # fall back to the last real token
-            last = t - 1 - torch.flip(mask, dims=[1]).float().argmax(dim=1)
             keep[short] = torch.nn.functional.one_hot(last[short], t).float()
         m = keep
-    w = m.unsqueeze(-1)  # (batch, seq, 1)
-    return (h.float() * w).sum(1) / w.sum(1).clamp(min=1.0)
+    w = (m / m.sum(1, keepdim=True).clamp(min=1.0)).unsqueeze(1)  # (batch, 1, seq), rows sum to 1
+
+    def weighted_mean(h: torch.Tensor) -> torch.Tensor:
+        return torch.bmm(w.to(h.device), h.float()).squeeze(1)
+
+    return weighted_mean
+
+
+def pool(h: torch.Tensor, mask: torch.Tensor, pooling: Pooling) -> torch.Tensor:
+    """h (batch, seq, dim), mask (batch, seq) with 1 at real tokens -> (batch, dim), fp32."""
+    return make_pooler(mask, pooling)(h)
