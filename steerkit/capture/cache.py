@@ -65,6 +65,7 @@ class ActivationCache:
         try:
             data = json.loads(self.index_path.read_text())
             if data.get("version") != INDEX_VERSION:
+                self._remove_old_shards(data)
                 raise ValueError(f"index version {data.get('version')}, this steerkit writes {INDEX_VERSION}")
             self.shards = dict(data["shards"])
             for name, meta in self.shards.items():
@@ -72,6 +73,12 @@ class ActivationCache:
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
             log.warning("activation cache index %s unreadable (%s); starting afresh", self.index_path, e)
             self.shards, self.where = {}, {}
+
+    def _remove_old_shards(self, data: dict[str, Any]) -> None:
+        """An index of another format version: its shards can never be read again, so free them."""
+        for name in data.get("shards") or {}:
+            if isinstance(name, str) and name.startswith("shard-") and "/" not in name:
+                (self.dir / name).unlink(missing_ok=True)
 
     def _index_shard(self, name: str, meta: dict[str, Any]) -> None:
         for row, sha in enumerate(meta["texts"]):

@@ -244,3 +244,19 @@ def test_lens_backend_agrees_with_hooks_on_smollm(smollm):
     for site in kw["sites"]:
         for layer, v in a.site(site).items():
             torch.testing.assert_close(b.site(site)[layer], v, atol=1e-5, rtol=1e-5)
+
+
+def test_cache_of_an_older_format_is_replaced(tmp_path, tiny_lm_factory):
+    """An index of another version is not trusted: its shards are freed and the rows recomputed."""
+    import json
+
+    lm = tiny_lm_factory("llama")
+    folder = tmp_path / lm.info["fingerprint"]
+    folder.mkdir()
+    (folder / "shard-0123456789abcdef.safetensors").write_bytes(b"old format")
+    (folder / "index.json").write_text(json.dumps({"version": 1, "shards": {"shard-0123456789abcdef.safetensors": {}}}))
+    res = capture(lm, TEXTS, [1], cache_dir=tmp_path)
+    assert res.stats["n_computed"] == 5
+    assert not (folder / "shard-0123456789abcdef.safetensors").exists()
+    assert json.loads((folder / "index.json").read_text())["version"] == 2
+    assert capture(lm, TEXTS, [1], cache_dir=tmp_path).stats["n_cached"] == 5
