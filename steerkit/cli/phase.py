@@ -15,10 +15,17 @@ from .common import console, model_options
 def _ints(value: str | None) -> tuple[int, ...]:
     if not value:
         return ()
+    out: list[int] = []
     try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
+        for v in (v.strip() for v in value.split(",")):
+            if ":" in v:  # a range a:b (b excluded), as in the layer specs
+                a, b = (int(x) for x in v.split(":"))
+                out.extend(range(a, b))
+            elif v:
+                out.append(int(v))
     except ValueError as e:
-        raise click.BadParameter(f"{value!r}: give block indices like 12 or 12,13") from e
+        raise click.BadParameter(f"{value!r}: give block indices like 12, 12,13 or 10:20") from e
+    return tuple(out)
 
 
 def _latest_unfinished(root: Path) -> Path | None:
@@ -89,6 +96,12 @@ def _latest_unfinished(root: Path) -> Path | None:
 @click.option("--checkpoint-every", default=50, show_default=True, help="Checkpoint every N steps.")
 @click.option("--keep-last", default=5, show_default=True, help="Checkpoints kept.")
 @click.option("--unfreeze", default=None, help="Base blocks to train too, e.g. 14,15 (default: none).")
+@click.option("--lora-rank", default=0, show_default=True, help="> 0: train LoRA adapters (peft) of this rank too.")
+@click.option("--lora-alpha", default=16.0, show_default=True, help="LoRA scale numerator (update = alpha/rank * B A).")
+@click.option("--lora-lr", default=1e-4, show_default=True, help="Learning rate of the LoRA adapters.")
+@click.option(
+    "--lora-blocks", default=None, help="Blocks whose linear layers get LoRA, e.g. 14 or 10:20 (default: all)."
+)
 @click.option("--seed", default=0, show_default=True, help="Random seed (initialisation, data split and order).")
 @click.option("--out", default=None, type=click.Path(), help="Folder holding runs (default $STEERKIT_RUNS or ./runs).")
 @click.option("--name", default=None, help="Run name (folder under --out); default: a timestamped name.")
@@ -100,8 +113,8 @@ def train_phase(
     coupling: str, direction: str | None, fixed_direction: bool, alpha: float, oscillators: int, k_coupling: float,
     learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int, batch_size: int, lr: float,
     base_lr: float, lam: float, u_target: float, val_every: int, val_fraction: float, patience: int,
-    plateau_share: float, lr_factor: float, checkpoint_every: int, keep_last: int, unfreeze: str | None, seed: int,
-    out: str | None, name: str | None, resume: bool,
+    plateau_share: float, lr_factor: float, checkpoint_every: int, keep_last: int, unfreeze: str | None,
+    lora_rank: int, lora_alpha: float, lora_lr: float, lora_blocks: str | None, seed: int, out: str | None, name: str | None, resume: bool,
 ) -> None:  # fmt: skip
     """Train a Kuramoto phase core coupled into a frozen model (L = CE + lam |U - U_target|)."""
     from ..errors import RunDirError
@@ -160,7 +173,8 @@ def _config(o: dict[str, Any]) -> Any:
             base_lr=o["base_lr"], lam=o["lam"], u_target=o["u_target"], val_every=o["val_every"],
             val_fraction=o["val_fraction"], patience=o["patience"], plateau_share=o["plateau_share"],
             lr_factor=o["lr_factor"], checkpoint_every=o["checkpoint_every"], keep_last=o["keep_last"],
-            seed=o["seed"], unfreeze=_ints(o["unfreeze"]),
+            seed=o["seed"], unfreeze=_ints(o["unfreeze"]), lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"],
+            lora_lr=o["lora_lr"], lora_blocks=_ints(o["lora_blocks"]),
         )  # fmt: skip
     except TrainingConfigError:
         raise

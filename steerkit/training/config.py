@@ -22,6 +22,8 @@ class TrainConfig:
     layer: a block index, or a layer spec string ('0.5' = a fraction of depth, '-1' = last);
         resolved to an int when the run starts (config.json holds the int).
     unfreeze: block indices of the base model trained too (lr base_lr); the rest stays frozen.
+    lora_rank: > 0 trains LoRA adapters (peft; rank lora_rank, scale lora_alpha / lora_rank, lr
+        lora_lr) on every linear layer of lora_blocks (empty: every block); the base stays frozen.
     Validation: every val_every steps on val_batches batches of a held-out val_fraction of the texts.
     Early stopping after `patience` validations without improvement. Plateau: no improvement for
     plateau_share of the steps (at least 2 validations) multiplies the lr by lr_factor; after
@@ -55,6 +57,10 @@ class TrainConfig:
     keep_last: int = 5
     seed: int = 0
     unfreeze: tuple[int, ...] = ()
+    lora_rank: int = 0
+    lora_alpha: float = 16.0
+    lora_lr: float = 1e-4
+    lora_blocks: tuple[int, ...] = ()
     r_band: tuple[float, float] = (0.80, 0.95)
     grad_ratio_band: tuple[float, float] = (0.3, 3.0)
     collapse_threshold: float = 1e-6
@@ -82,6 +88,10 @@ class TrainConfig:
             raise TrainingConfigError(f"dtype must be one of None, float32, bfloat16, float16, got {self.dtype!r}")
         if self.direction and self.coupling.name != "additive":
             raise TrainingConfigError(f"--direction only applies to the additive coupling, not {self.coupling.name!r}")
+        if self.lora_rank < 0 or self.lora_alpha <= 0 or self.lora_lr <= 0:
+            raise TrainingConfigError("lora_rank must be >= 0, lora_alpha and lora_lr > 0")
+        if self.lora_blocks and not self.lora_rank:
+            raise TrainingConfigError("--lora-blocks needs --lora-rank > 0")
         lo, hi = self.r_band
         if not 0.0 <= lo < hi <= 1.0:
             raise TrainingConfigError(f"r_band must satisfy 0 <= low < high <= 1, got {self.r_band}")
@@ -108,7 +118,7 @@ class TrainConfig:
             d["phase"] = PhaseConfig(**d["phase"])
         if isinstance(d.get("coupling"), dict):
             d["coupling"] = CouplingConfig(**d["coupling"])
-        for k in ("texts", "unfreeze", "r_band", "grad_ratio_band"):
+        for k in ("texts", "unfreeze", "lora_blocks", "r_band", "grad_ratio_band"):
             if k in d and d[k] is not None:
                 d[k] = tuple(d[k])
         return cls(**d)

@@ -29,6 +29,7 @@ from ..phase.couplings import PhaseHook
 from ..phase.metrics import normalized_entropy, summarize
 from . import checkpoint as ck
 from . import diagnostics as dg
+from . import lora
 from .config import TrainConfig, TrainingConfigError
 from .data import batch_indices, load_texts, make_chunks
 from .runs import KIND, RunPaths, build_phase, load_direction, read_config, resolve_layer, save_final, write_json
@@ -138,9 +139,24 @@ class _Trainer:
                 p.requires_grad_(True)
                 self.base_params[names[id(p)]] = p
                 self.groups.setdefault(kind, []).append(p)
+        self.lora_targets: list[str] = []
+        if cfg.lora_rank:
+            lora_blocks = sorted({b % n_blocks for b in cfg.lora_blocks} or range(n_blocks))
+            bad = [i for i in cfg.lora_blocks if not -n_blocks <= i < n_blocks]
+            both = sorted(set(lora_blocks) & {b % n_blocks for b in cfg.unfreeze})
+            if bad or both:
+                raise RunDirError(
+                    f"--lora-blocks {bad}: the model has blocks 0..{n_blocks - 1}"
+                    if bad
+                    else f"blocks {both} are both unfrozen and LoRA-adapted; choose one per block"
+                )
+            self.lora_targets = lora.lora_targets(model, adapter, lora_blocks)
+            self.groups["lora"] = lora.inject(model, self.lora_targets, cfg.lora_rank, cfg.lora_alpha)
         param_groups: list[dict[str, Any]] = [{"params": self.groups["phase"], "lr": cfg.lr}]
         if self.base_params:
             param_groups.append({"params": list(self.base_params.values()), "lr": cfg.base_lr})
+        if self.lora_targets:
+            param_groups.append({"params": self.groups["lora"], "lr": cfg.lora_lr})
         self.base_lrs = [g["lr"] for g in param_groups]
         self.opt = torch.optim.AdamW(param_groups, weight_decay=cfg.weight_decay)
         self.ctl = dg.LRController()
@@ -154,11 +170,13 @@ class _Trainer:
             "n_texts": list(self.chunks.n_texts),
             "n_chunks": [len(self.chunks.train), len(self.chunks.val)],
             "trainable": {k: sum(p.numel() for p in v) for k, v in self.groups.items()},
+            "lora_targets": self.lora_targets,
         }
 
     def _trainable_state(self) -> dict[str, torch.Tensor]:
         out = {f"phase.{k}": v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
         out.update({f"base.{k}": p.detach().cpu().clone() for k, p in self.base_params.items()})
+        out.update({f"lora.{k}": p.detach().cpu().clone() for k, p in lora.lora_state(self.lm.model).items()})
         return out
 
     # ---- checkpoints ---------------------------------------------------------------------
@@ -180,6 +198,8 @@ class _Trainer:
         with torch.no_grad():
             for k, p in self.base_params.items():
                 p.copy_(c.tensors[f"param.base.{k}"].to(p))
+            for k, lp in lora.lora_state(self.lm.model).items():
+                lp.copy_(c.tensors[f"param.lora.{k}"].to(lp))
         self.opt.load_state_dict(ck.unflatten_optimizer(c.tensors, c.meta["optimizer"]))
         self.ctl = dg.LRController.from_state(c.meta["controller"])
         ck.set_rng_state(c.tensors, c.meta["rng"])
@@ -248,6 +268,7 @@ class _Trainer:
     # ---- the run -------------------------------------------------------------------------
     def run(self) -> TrainResult:
         self._requires_grad = {n: p.requires_grad for n, p in self.lm.model.named_parameters()}
+        self.lora_targets = []
         old_handlers: dict[int, Any] = {}
         handles: list[Any] = []
         try:
@@ -266,6 +287,7 @@ class _Trainer:
             for h in handles:
                 h.remove()
             self._restore_signals(old_handlers)
+            lora.remove(self.lm.model, self.lora_targets, merge=False)  # the model as it was
             for n, p in self.lm.model.named_parameters():
                 p.requires_grad_(self._requires_grad[n])
 

@@ -4,7 +4,7 @@ Layout of runs/<name>/:
     config.json              {"kind": "train-phase", "config": TrainConfig (layer resolved), "resolved": {...}}
     metrics.jsonl            one JSON object per training step (readable without torch)
     checkpoints/step-N/      state.safetensors + meta.json (checkpoint.py), the last K kept
-    phase_core.safetensors   final trainable state ("phase.core.*", "phase.coupling.*", "base.*")
+    phase_core.safetensors   final trainable state ("phase.core.*", "phase.coupling.*", "base.*", "lora.*")
     phase_core.json          status, step, best validation, sha256 of phase_core.safetensors
     run.json                 written last: marks the run finished (steerkit.runs)
     plots/                   `steerkit plot-metrics`
@@ -176,7 +176,8 @@ def load_phase_run(
     """(LoadedModel, PhaseCore, Coupling, TrainConfig) of a finished run; config.layer is the block.
 
     lm: an already loaded model (else config.model is loaded). Base blocks that the run trained
-    ('base.*' tensors) are copied into lm.model. The core is returned in eval mode.
+    ('base.*' tensors) are copied into lm.model, and its LoRA adapters ('lora.*') are merged into
+    lm.model's weights. The core is returned in eval mode.
     """
     d = Path(run_dir)
     paths = RunPaths(d)
@@ -208,6 +209,11 @@ def load_phase_run(
         with torch.no_grad():
             for k, v in base.items():
                 params[k].copy_(v.to(params[k]))
+    lora_state = {k[len("lora.") :]: v for k, v in state.items() if k.startswith("lora.")}
+    if lora_state:
+        from .lora import merge_into
+
+        merge_into(lm.model, list(resolved["lora_targets"]), config.lora_rank, config.lora_alpha, lora_state)
     dev = next(lm.model.parameters()).device
     module.to(dev).eval()
     return lm, core, coupling, config.replace(layer=layer)
