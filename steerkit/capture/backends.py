@@ -15,6 +15,7 @@ import torch
 
 from ..errors import SteerkitError
 from ..models.adapters import Adapter
+from .engine import forward_inputs
 from .pooling import Pooling, pool
 
 Runner = Callable[..., dict[tuple[str, int], torch.Tensor]]
@@ -107,9 +108,7 @@ def nnsight_runner(model: torch.nn.Module, tokenizer: Any) -> Runner:
         pooling: Pooling,
         left: bool,
     ) -> dict[tuple[str, int], torch.Tensor]:
-        inputs: dict[str, torch.Tensor] = {"input_ids": ids, "attention_mask": mask.to(ids.device)}
-        if left:
-            inputs["position_ids"] = (torch.cumsum(mask, 1) - 1).clamp(min=0).to(ids.device)
+        inputs = {"input_ids": ids, **forward_inputs(ids, mask, left)}
         with warnings.catch_warnings():  # nnsight warns about submodules named `output` (RWKV)
             warnings.simplefilter("ignore", UserWarning)
             saved = _trace(inputs, wanted, adapter, model)
@@ -218,9 +217,7 @@ def lens_runner(model: torch.nn.Module, tokenizer: Any, adapter: Adapter) -> tup
         left: bool,
     ) -> dict[tuple[str, int], torch.Tensor]:
         by_name = {hook_names[w]: w for w in wanted}
-        kwargs: dict[str, Any] = {"attention_mask": mask.to(ids.device), "use_cache": False}
-        if left:
-            kwargs["position_ids"] = (torch.cumsum(mask, 1) - 1).clamp(min=0).to(ids.device)
+        kwargs: dict[str, Any] = dict(forward_inputs(ids, mask, left))
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, cache = bridge.run_with_cache(
@@ -228,6 +225,7 @@ def lens_runner(model: torch.nn.Module, tokenizer: Any, adapter: Adapter) -> tup
                 return_type=None,
                 names_filter=list(by_name),
                 stop_at_layer=last_layer + 1,
+                use_cache=False,
                 **kwargs,
             )
         return {w: _pool_site(cache[name], w[0], w[1], twin, adapter, mask, pooling) for name, w in by_name.items()}

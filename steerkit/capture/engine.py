@@ -92,6 +92,15 @@ def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, t
     return ids, mask
 
 
+def forward_inputs(ids: torch.Tensor, mask: torch.Tensor, left: bool) -> dict[str, torch.Tensor]:
+    """attention_mask (on the ids' device) and, for left padding, explicit position ids (real
+    tokens count from 0 whatever the padding), as every backend passes them to the model."""
+    out = {"attention_mask": mask.to(ids.device)}
+    if left:
+        out["position_ids"] = (torch.cumsum(mask, 1) - 1).clamp(min=0).to(ids.device)
+    return out
+
+
 def _input_device(model: Any, adapter: Adapter) -> torch.device:
     emb: Any = model.get_input_embeddings()
     return emb.weight.device if emb is not None else next(model.parameters()).device
@@ -282,12 +291,10 @@ def _run_batch(
                 handles.append(mod.register_forward_pre_hook(input_hook(site, layer, None)))
         for layer in sorted({lay for _, lay in wanted}):
             handles.append(blocks[layer].register_forward_hook(block_hook(layer)))
-        kwargs: dict[str, Any] = {"attention_mask": mask.to(ids.device), "use_cache": False}
-        if left:
-            kwargs["position_ids"] = (torch.cumsum(mask, 1) - 1).clamp(min=0).to(ids.device)
+        kwargs = forward_inputs(ids, mask, left)
         with torch.inference_mode():
             try:
-                base(input_ids=ids, **kwargs)
+                base(input_ids=ids, use_cache=False, **kwargs)
             except _StopForward:
                 pass
     finally:
