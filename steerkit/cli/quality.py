@@ -47,6 +47,8 @@ def quality_report(run: str | None, model: str | None, ridge_lambda: float, fold
         f"{best['heldout']['top1']:.0%}, top-3 {best['heldout']['top3']:.0%}; chance "
         f"{best['heldout']['chance_top1']:.0%} / {best['heldout']['chance_top3']:.0%})"
     )
+    for note in report.get("notes", []):
+        click.echo(f"  note: {note}")
     for key, items in report["triage"].items():
         if not items:
             continue

@@ -198,6 +198,22 @@ def rank_stats(x: Array, mask: Array) -> RankStats:
     )
 
 
+def rank_null(acts: Array, size: int, n_draws: int = 200, seed: int = 0) -> torch.Tensor:
+    """The first-PC variance ratio a concept would get if its `size` positives were any texts:
+    ratios of `n_draws` random sets of `size` rows of acts (N, H), drawn without replacement with a
+    generator seeded by `seed` (draw d = torch.randperm(N)[:size], in order). -> (n_draws,) fp32.
+
+    Compares a concept's ratio with what diversity alone gives: on whole stories the centred
+    positives of any concept spread over several directions, so a fixed 0.4 cut says little."""
+    a = as_f32(acts)
+    n = a.shape[0]
+    if not 2 <= size <= n:
+        raise ValueError(f"size must lie in [2, {n}] (the number of texts), got {size}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.stack([torch.randperm(n, generator=g)[:size] for _ in range(n_draws)])  # (D, size)
+    return rank_stats(a[idx], torch.ones(n_draws, size, dtype=torch.bool)).first_pc_variance_ratio
+
+
 # --------------------------------------------------------------------------- 2. story agreement
 
 

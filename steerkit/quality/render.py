@@ -41,6 +41,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "## Triage",
         "",
+        *[f"Note: {n}." for n in report.get("notes", [])],
+        *([""] if report.get("notes") else []),
     ]
     for key, title in TRIAGE_TITLES.items():
         items = report["triage"][key]
@@ -69,19 +71,21 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"## Concepts at layer {best}",
         "",
-        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean, < 0.4 fragmented); "
+        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean, < 0.4 fragmented; null = median "
+        "ratio of 200 random sets of as many corpus texts); "
         "erank = effective rank; agree = mean / min cosine of (story - negatives' mean) with the direction; "
         "neuron = best |cos| with an MLP down-projection column; R^2 = ridge fit from the other concepts.",
         "",
-        "| concept | n | ratio | erank | agree (mean/min) | neuron | R^2 | nearest | held-out top-1/top-3 |",
+        "| concept | n | ratio (null) | erank | agree (mean/min) | neuron | R^2 | nearest | held-out top-1/top-3 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, e in layer["concepts"].items():
         sn = e.get("single_neuron", {})
         neuron = f"{_num(sn.get('abs_cos'))} (#{sn['neuron']})" if "neuron" in sn else "skipped"
         near = ", ".join(f"{x['concept']} {x['cos']:.2f}" for x in e["nearest"][:3])
+        null = f" ({_num(e['first_pc_null']['median'])})" if e.get("first_pc_null") else ""
         lines.append(
-            f"| {name} | {e['n_positives']} | {_num(e['first_pc_variance_ratio'])} | {_num(e['effective_rank'], '.1f')} | "
+            f"| {name} | {e['n_positives']} | {_num(e['first_pc_variance_ratio'])}{null} | {_num(e['effective_rank'], '.1f')} | "
             f"{_num(e['agreement']['mean'])} / {_num(e['agreement']['min'])} | {neuron} | "
             f"{_num(e['redundancy']['r2'])} | {near} | {_pct(e['heldout']['top1'])} / {_pct(e['heldout']['top3'])} |"
         )

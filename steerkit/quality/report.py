@@ -98,6 +98,17 @@ def load_run(run: str | Path) -> RunData:
     return RunData(d, cv, resid, heads, neutral, w_down, texts, manifest)
 
 
+def _null_summary(draws: torch.Tensor | None, ratio: torch.Tensor) -> dict[str, Any] | None:
+    """Median and 95th percentile of the random-set ratios, and the share of them below `ratio`."""
+    if draws is None or torch.isnan(ratio):
+        return None
+    return {
+        "median": _f(draws.median()),
+        "p95": _f(torch.quantile(draws.double(), 0.95)),
+        "percentile": _f((draws < ratio).double().mean()),
+    }
+
+
 def _f(x: Any, nd: int = 4) -> Any:
     """JSON-safe rounded float (NaN/inf -> None)."""
     x = float(x)
@@ -156,6 +167,7 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
         "geometry": geometry,
     }
     report["triage"] = triage(report)
+    report["notes"] = notes(report)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 
@@ -166,6 +178,8 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     directions = cv.vectors[layer]  # (C, H) unit rows of the run's method
     padded = M.pad_groups(acts, pos)
     rank = M.rank_stats(padded.x, padded.mask)
+    sizes = sorted({int(k) for k in padded.mask.sum(1).tolist() if 2 <= k <= acts.shape[0]})
+    null = {k: M.rank_null(acts, k, seed=cfg.seed) for k in sizes}  # size -> (draws,) ratios
     _, neg_mean = M.pos_neg_means(acts, pos, ~pos)
     agree = M.story_agreement(padded.x, padded.mask, directions, neg_mean, n_lowest=2)
     near = M.nearest_concepts(directions, k=min(5, len(names) - 1))
@@ -190,6 +204,7 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
             "n_positives": int(padded.mask[c].sum()),
             "norm": _f(cv.norms[layer][c]),
             "first_pc_variance_ratio": _f(rank.first_pc_variance_ratio[c]),
+            "first_pc_null": _null_summary(null.get(int(padded.mask[c].sum())), rank.first_pc_variance_ratio[c]),
             "effective_rank": _f(rank.effective_rank[c], 2),
             "agreement": {
                 "mean": _f(agree.mean[c]),
@@ -290,6 +305,24 @@ def _geometry(data: RunData, layer: int) -> dict[str, Any]:
     }
 
 
+def notes(report: dict[str, Any]) -> list[str]:
+    """Caveats that change how the triage reads (at best_layer)."""
+    layer = report["layers"][str(report["best_layer"])]["concepts"]
+    nulls = [e["first_pc_null"] for e in layer.values() if e.get("first_pc_null")]
+    out: list[str] = []
+    if nulls:
+        med = sorted(n["median"] for n in nulls)[len(nulls) // 2]
+        if med < FRAGMENTED:
+            above = sorted(c for c, e in layer.items() if (e.get("first_pc_null") or {}).get("percentile", 0) >= 0.95)
+            out.append(
+                f"random sets of texts from this corpus also have a first-PC ratio below {FRAGMENTED} (median "
+                f"{med:.0%}), so 'fragmented' marks the norm here, not a defect; concepts whose positives are more "
+                f"one-directional than 95% of random sets: {', '.join(above) if above else 'none'} (chance alone "
+                f"would put about {0.05 * len(nulls):.1f} of {len(nulls)} there)"
+            )
+    return out
+
+
 def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
     """Buckets at best_layer, each entry {concept, why, suggestion}."""
     layer = report["layers"][str(report["best_layer"])]
@@ -305,10 +338,12 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                 {"concept": name, "why": f"first PC holds {ratio:.0%} of the variance", "suggestion": "none"}
             )
         if ratio is not None and ratio < FRAGMENTED:
+            nl = e.get("first_pc_null")
+            vs = f"; random sets of {e['n_positives']} texts: median {nl['median']:.0%}" if nl else ""
             out["fragmented"].append(
                 {
                     "concept": name,
-                    "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']})",
+                    "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']}{vs})",
                     "suggestion": f"{name}: its stories vary more in other ways than in this feeling; reread the least "
                     f"aligned ({', '.join(x['where'] for x in e['agreement']['lowest'])}) or add stories that share "
                     "the feeling but not the setting",

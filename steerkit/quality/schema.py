@@ -22,6 +22,11 @@ _CONCEPT = {
         "n_positives": {"type": "integer"},
         "norm": _NUM,
         "first_pc_variance_ratio": _NUM,
+        "first_pc_null": {
+            "type": ["object", "null"],
+            "required": ["median", "p95", "percentile"],
+            "properties": {"median": _NUM, "p95": _NUM, "percentile": _NUM},
+        },
         "effective_rank": _NUM,
         "agreement": {
             "type": "object",
@@ -103,6 +108,7 @@ SCHEMA: dict[str, Any] = {
             },
         },
         "geometry": {"type": "object", "required": ["layer"]},
+        "notes": {"type": "array", "items": {"type": "string"}},
         "triage": {
             "type": "object",
             "required": ["clean", "fragmented", "redundant", "outlier_heavy", "poorly_read"],

@@ -99,6 +99,24 @@ def test_rank_planted_rank1_vs_isotropic_and_degenerate():
     assert torch.isnan(r.first_pc_variance_ratio[2]) and torch.isnan(r.effective_rank[2])
 
 
+def test_rank_null_matches_numpy_on_the_same_draws_and_separates_a_planted_axis():
+    n, h, size = 40, 24, 7
+    acts = torch.randn(n, h)
+    got = qm.rank_null(acts, size, n_draws=25, seed=3)
+    g = torch.Generator().manual_seed(3)
+    for d in range(25):
+        x = acts[torch.randperm(n, generator=g)[:size]].double().numpy()
+        s = np.linalg.svd(x - x.mean(0), compute_uv=False)
+        assert abs(got[d].item() - s[0] ** 2 / (s**2).sum()) < 1e-5
+    # positives that vary along one axis stand above the null of the corpus they sit in
+    u = torch.randn(h)
+    planted = torch.randn(size, 1) * 3 * u + 0.3 * torch.randn(size, h)
+    ratio = qm.rank_stats(planted[None], torch.ones(1, size, dtype=torch.bool)).first_pc_variance_ratio[0]
+    assert ratio > torch.quantile(got.double(), 0.95)
+    with pytest.raises(ValueError, match="size must lie in"):
+        qm.rank_null(acts, 1)
+
+
 def _planted_stories(c: int = 5, per: int = 6, h: int = 48):
     centres = 2.0 * torch.randn(c, h)
     lab = torch.arange(c).repeat_interleave(per)

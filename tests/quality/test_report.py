@@ -58,6 +58,9 @@ def test_report_files_schema_sections(run):
         assert report["layers"][layer]["top_heads_used"] == 1  # a quarter of 4 heads
         assert len(e["heads"]["top"]) == 1 and 0 < e["heads"]["concentration"] <= 1
         assert e["single_neuron"]["neuron"] >= 0
+        null = e["first_pc_null"]
+        assert 0 < null["median"] <= null["p95"] < 1 and 0 <= null["percentile"] <= 1
+    assert isinstance(report["notes"], list)
     md = (run / "quality.md").read_text()
     for section in (
         "## Triage",
