@@ -14,10 +14,12 @@ recomputed), never trusted.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,22 @@ from ..io import atomic_save_safetensors, atomic_write_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 INDEX_VERSION = 2
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (POSIX flock; no-op where fcntl is missing)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        yield
+        return
+    with open(path, "a") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
 def entry(site: str, pooling: str, layer: int) -> str:
@@ -60,19 +78,29 @@ class ActivationCache:
         self._read_index()
 
     def _read_index(self) -> None:
+        self.shards = self._shards_on_disk(warn=True)
+        for name, meta in self.shards.items():
+            self._index_shard(name, meta)
+
+    def _shards_on_disk(self, warn: bool = False) -> dict[str, dict[str, Any]]:
+        """The shards the index file names ({} if absent, unreadable or of another version)."""
         if not self.index_path.exists():
-            return
+            return {}
         try:
             data = json.loads(self.index_path.read_text())
             if data.get("version") != INDEX_VERSION:
-                self._remove_old_shards(data)
+                if warn:  # on open only: the shards of an older format can never be read again
+                    self._remove_old_shards(data)
                 raise ValueError(f"index version {data.get('version')}, this steerkit writes {INDEX_VERSION}")
-            self.shards = dict(data["shards"])
-            for name, meta in self.shards.items():
-                self._index_shard(name, meta)
+            shards = dict(data["shards"])
+            for meta in shards.values():
+                if not isinstance(meta["texts"], list) or not isinstance(meta["entries"], list):
+                    raise TypeError("texts/entries must be lists")
+            return shards
         except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
-            log.warning("activation cache index %s unreadable (%s); starting afresh", self.index_path, e)
-            self.shards, self.where = {}, {}
+            if warn:
+                log.warning("activation cache index %s unreadable (%s); starting afresh", self.index_path, e)
+            return {}
 
     def _remove_old_shards(self, data: dict[str, Any]) -> None:
         """An index of another format version: its shards can never be read again, so free them."""
@@ -86,8 +114,17 @@ class ActivationCache:
                 self.where[f"{sha}|{e}"] = (name, row)
 
     def _write_index(self) -> None:
-        data = {"version": INDEX_VERSION, "shards": self.shards}
-        atomic_write_bytes(self.index_path, json.dumps(data).encode())
+        """Rewrite the index under an exclusive lock, first adopting the shards that other processes
+        sharing this folder indexed since we read it (so concurrent captures lose nothing)."""
+        with _locked(self.dir / "index.lock"):
+            for name in [n for n in self.shards if not (self.dir / n).exists()]:  # deleted by another process
+                self._forget(name)
+            for name, meta in self._shards_on_disk().items():
+                if name not in self.shards and (self.dir / name).exists():
+                    self.shards[name] = meta
+                    self._index_shard(name, meta)
+            data = {"version": INDEX_VERSION, "shards": self.shards}
+            atomic_write_bytes(self.index_path, json.dumps(data).encode())
 
     def has(self, k: str) -> bool:
         return k in self.where or k in self._pending_rows
@@ -112,18 +149,19 @@ class ActivationCache:
                 return None
         return self._loaded[name][k.split("|", 1)[1]][row]
 
-    def _drop(self, name: str) -> None:
+    def _forget(self, name: str) -> None:
         meta = self.shards.pop(name, None)
+        self._loaded.pop(name, None)
         if meta:
             for row, sha in enumerate(meta["texts"]):
                 for e in meta["entries"]:
                     if self.where.get(f"{sha}|{e}") == (name, row):
                         del self.where[f"{sha}|{e}"]
+
+    def _drop(self, name: str) -> None:
+        self._forget(name)
+        (self.dir / name).unlink(missing_ok=True)  # before the index, which adopts shards on disk
         self._write_index()
-        try:
-            (self.dir / name).unlink()
-        except FileNotFoundError:
-            pass
 
     def put_rows(self, text_shas: list[str], tensors: dict[str, torch.Tensor]) -> None:
         """Add rows: `tensors` maps entry names (see `entry`) to (len(text_shas), ...) tensors.

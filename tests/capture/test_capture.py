@@ -260,3 +260,20 @@ def test_cache_of_an_older_format_is_replaced(tmp_path, tiny_lm_factory):
     assert not (folder / "shard-0123456789abcdef.safetensors").exists()
     assert json.loads((folder / "index.json").read_text())["version"] == 2
     assert capture(lm, TEXTS, [1], cache_dir=tmp_path).stats["n_cached"] == 5
+
+
+def test_two_caches_on_one_folder_keep_each_others_shards(tmp_path):
+    """Two captures sharing a cache folder (e.g. two processes): neither index write loses the
+    other's shards; a shard dropped as corrupt is not adopted back."""
+    a, b = ActivationCache(tmp_path, "fp", flush_seconds=0), ActivationCache(tmp_path, "fp", flush_seconds=0)
+    a.put_rows(["t1", "t2"], {"resid|mean|1": torch.ones(2, 3)})
+    b.put_rows(["t3"], {"resid|mean|1": torch.zeros(1, 3)})
+    c = ActivationCache(tmp_path, "fp")
+    assert c.has("t1|resid|mean|1") and c.has("t3|resid|mean|1")
+    torch.testing.assert_close(c.get("t2|resid|mean|1"), torch.ones(3))
+    victim = c.where["t3|resid|mean|1"][0]
+    (c.dir / victim).write_bytes(b"garbage")
+    assert c.get("t3|resid|mean|1") is None  # corrupt: dropped
+    b.put_rows(["t4"], {"resid|mean|1": torch.ones(1, 3)})  # b still lists the victim in memory
+    d = ActivationCache(tmp_path, "fp")
+    assert not d.has("t3|resid|mean|1") and d.has("t4|resid|mean|1") and d.has("t1|resid|mean|1")
