@@ -124,10 +124,11 @@ def capture(
     """Capture pooled activations of `texts` at `layers` and `sites` (see CaptureResult).
 
     max_batch_tokens: padded tokens per batch (batch size x longest text).
-    max_tokens: truncate texts to this many tokens (default: no truncation).
+    max_tokens: truncate texts to this many tokens (default: no truncation); part of the cache key.
     padding_side: 'left' is honoured only for non-recurrent families (with explicit position ids);
         recurrent families (RWKV, Mamba, hybrids) always pad right, which is exact for them.
-    cache_dir: activation cache root; entries are keyed by the model fingerprint.
+    cache_dir: activation cache root; entries are keyed by the model fingerprint. Only the hooks
+        backend uses it: nnsight and lens are cross-checks, so they always compute.
     cache_flush_seconds: computed entries are written to the cache at most this often (and when the
         capture ends or is interrupted, e.g. by Ctrl-C); kill -9 loses at most this much work.
     backend: 'hooks' (default, fastest: plain forward hooks, early stop), 'nnsight' (a
@@ -170,13 +171,19 @@ def capture(
         uniq.setdefault(t, len(uniq))
     utexts = list(uniq)
     shas = [text_sha(t) for t in utexts]
+    if max_tokens is not None and max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (or None for no truncation), got {max_tokens}")
+    if cache_dir and backend != "hooks":
+        log.info("the %s backend is a cross-check: it computes every text, the activation cache is not used", backend)
+        cache_dir = None
+    variant = pool_spec.name + (f"@{max_tokens}" if max_tokens else "")  # what the cache keys call pooling
     cache = ActivationCache(cache_dir, lm.info["fingerprint"], cache_flush_seconds) if cache_dir else None
     values: dict[tuple[str, int], list[torch.Tensor | None]] = {w: [None] * len(utexts) for w in wanted}
     todo: list[int] = []
     for u, sha in enumerate(shas):
-        hit = cache is not None and all(cache.has(key(sha, s, pool_spec.name, lay)) for s, lay in wanted)
+        hit = cache is not None and all(cache.has(key(sha, s, variant, lay)) for s, lay in wanted)
         if hit:
-            got = [cache.get(key(sha, s, pool_spec.name, lay)) for s, lay in wanted]  # type: ignore[union-attr]
+            got = [cache.get(key(sha, s, variant, lay)) for s, lay in wanted]  # type: ignore[union-attr]
             if all(g is not None for g in got):
                 for w, g in zip(wanted, got, strict=True):
                     values[w][u] = g
@@ -210,7 +217,7 @@ def capture(
                 if cache is not None:
                     cache.put_rows(
                         [shas[todo[i]] for i in batch],
-                        {entry(site, pool_spec.name, layer): val for (site, layer), val in pooled.items()},
+                        {entry(site, variant, layer): val for (site, layer), val in pooled.items()},
                     )
                 done += len(batch)
                 if progress:

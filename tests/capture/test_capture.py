@@ -277,3 +277,19 @@ def test_two_caches_on_one_folder_keep_each_others_shards(tmp_path):
     b.put_rows(["t4"], {"resid|mean|1": torch.ones(1, 3)})  # b still lists the victim in memory
     d = ActivationCache(tmp_path, "fp")
     assert not d.has("t3|resid|mean|1") and d.has("t4|resid|mean|1") and d.has("t1|resid|mean|1")
+
+
+def test_cache_keys_truncation_and_cross_check_backends_always_compute(tmp_path, tiny_lm_factory):
+    lm = tiny_lm_factory("llama")
+    full = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean")
+    cut = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", max_tokens=2)
+    assert cut.stats["n_computed"] == 5  # truncated texts are other entries, not cache hits
+    ref = capture(lm, TEXTS, [1], pooling="mean", max_tokens=2)
+    torch.testing.assert_close(cut.resid[1], ref.resid[1], atol=0, rtol=0)
+    assert not torch.allclose(cut.resid[1], full.resid[1])
+    again = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", max_tokens=2)
+    assert again.stats["n_cached"] == 5
+    lens = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", backend="lens")
+    assert lens.stats["n_computed"] == 5 and lens.stats["n_cached"] == 0
+    with pytest.raises(ValueError, match="max_tokens must be >= 1"):
+        capture(lm, TEXTS, [1], max_tokens=0)
