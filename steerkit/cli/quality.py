@@ -30,16 +30,20 @@ def quality_report(run: str | None, model: str | None, ridge_lambda: float, fold
     if run is None:
         found = latest_run("extract")
         if found is None:
-            raise RunDirError("no extract run under runs/; make one with `steerkit extract --stories corpora/`")
+            from ..runs import runs_root
+
+            raise RunDirError(
+                f"no extract run under {runs_root()}; make one with `steerkit extract --stories corpora/`"
+            )
         run_dir = found
     else:
         run_dir = Path(run)
-    if model is not None and not (run_dir / "activations.safetensors").is_file():
-        _recapture(run_dir, model)
     try:
         cfg = QualityConfig(ridge_lambda=ridge_lambda, k_folds=folds, seed=seed)
     except ValueError as e:
         raise SteerkitError(str(e)) from e
+    if model is not None and not (run_dir / "activations.safetensors").is_file():
+        _recapture(run_dir, model)
     report = write_report(run_dir, cfg)
     best = report["layers"][str(report["best_layer"])]
     click.echo(
@@ -80,6 +84,12 @@ def _recapture(run_dir: Path, model: str) -> None:
     if corpus.sha256() != cv.meta["corpus"]["sha256"]:
         raise RunDirError("the corpus changed since extraction; re-run `steerkit extract` instead")
     lm = load(model)
+    want = cv.meta.get("model", {})
+    if want.get("fingerprint") and lm.info["fingerprint"] != want["fingerprint"]:
+        raise RunDirError(
+            f"--model {model} is not the model this run was extracted with ({want.get('spec')}, "
+            f"fingerprint {want['fingerprint']}; got {lm.info['fingerprint']}); pass --model {want.get('spec')}"
+        )
     res = capture(lm, [t.text for t in corpus.texts], cv.layers, sites=("resid", "heads"), pooling=cv.meta["pooling"])
     tensors = {f"resid.layer_{la}": v for la, v in res.resid.items()}
     tensors.update({f"heads.layer_{la}": v for la, v in res.heads.items()})

@@ -132,6 +132,11 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
             if c in names:
                 pos[names.index(c), j] = True
     labels = torch.tensor([names.index(t["concepts"][0]) if len(t["concepts"]) == 1 else -1 for t in data.texts])
+    n_lab = int((labels >= 0).sum())
+    if cfg.k_folds > n_lab:
+        raise RunDirError(
+            f"--folds {cfg.k_folds} exceeds the run's {n_lab} single-concept texts; use --folds <= {n_lab}"
+        )
     layers: dict[str, Any] = {}
     for layer in cv.layers:
         layers[str(layer)] = _layer_report(data, layer, pos, labels, cfg)

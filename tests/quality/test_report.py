@@ -124,3 +124,22 @@ def test_missing_activations_recomputed_with_model(run, tmp_path):
     for k in before:
         assert (before[k] - after[k]).abs().max() < 1e-5, k
     assert (copy / "quality.json").is_file()
+
+
+def test_too_many_folds_and_a_foreign_model_are_one_line_errors(run, tmp_path, tiny_tok):
+    """--folds beyond the labelled texts, and recapturing with a model that is not the run's."""
+    import shutil
+
+    import tiny_models
+
+    _one_line_error(CliRunner().invoke(main, ["quality-report", str(run), "--folds", "1000"]), "use --folds <=")
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    (copy / "activations.safetensors").unlink()
+    (copy / "quality.json").unlink(missing_ok=True)
+    other = tmp_path / "other"
+    tiny_models.build("llama", seed=1).save_pretrained(other)
+    tiny_tok.save_pretrained(other)
+    res = CliRunner().invoke(main, ["quality-report", str(copy), "--model", str(other)])
+    _one_line_error(res, "is not the model this run was extracted with")
+    assert not (copy / "activations.safetensors").exists() and not (copy / "quality.json").exists()
