@@ -7,6 +7,7 @@ effect on X" is said only when a Holm-corrected p of the real experiment is belo
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -81,8 +82,20 @@ def power_note(n: int, n_tests: int, cfg: InterveneConfig) -> dict[str, Any]:
     one = stats.min_attainable_p(n, "greater", cfg.permutations)
     two = stats.min_attainable_p(n, "two-sided", cfg.permutations)
     need = cfg.alpha / max(1, n_tests)
+    # which limit binds: the prompts (exact enumeration, 2^-n) or the Monte Carlo permutations (1 / (P + 1))
+    exact_one, exact_two = (0.5**n, 2 * 0.5**n)  # with every sign flip enumerated
+    lim_one = "permutations" if one >= need > exact_one else "prompts"
+    lim_two = "permutations" if two >= need > exact_two else "prompts"
     return {"n_prompts": n, "n_tests": n_tests, "min_p_one_sided": one, "min_p_two_sided": two,
-            "holm_first_threshold": need, "one_sided_possible": one < need, "two_sided_possible": two < need}  # fmt: skip
+            "holm_first_threshold": need, "one_sided_possible": one < need, "two_sided_possible": two < need,
+            "one_sided_limited_by": lim_one, "two_sided_limited_by": lim_two}  # fmt: skip
+
+
+def _remedy(pw: dict[str, Any], cfg: InterveneConfig, side: str) -> str:
+    if pw[f"{side}_limited_by"] == "permutations":
+        need = math.ceil(1 / pw["holm_first_threshold"])
+        return f"raise --permutations (now {cfg.permutations}; p cannot go below 1 / (permutations + 1)) above {need}"
+    return "use more prompts"
 
 
 def verdicts(exps: dict[str, dict[str, Any]], cfg: InterveneConfig, n_prompts: int) -> dict[str, Any]:
@@ -154,14 +167,16 @@ def verdicts(exps: dict[str, dict[str, Any]], cfg: InterveneConfig, n_prompts: i
     pw = power_note(n_prompts, len(real["tests"]), cfg)
     if not pw["one_sided_possible"]:
         summary.append(
-            f"With {n_prompts} prompts no test can reach significance (smallest p {_fmt(pw['min_p_one_sided'])} >= "
-            f"alpha / {pw['n_tests']} tests): {LACKED_POWER}; use more prompts."
+            f"With {n_prompts} prompts and {cfg.permutations} permutations no test can reach significance "
+            f"(smallest p {_fmt(pw['min_p_one_sided'])} >= "
+            f"alpha / {pw['n_tests']} tests): {LACKED_POWER}; {_remedy(pw, cfg, 'one_sided')}."
         )
     elif not pw["two_sided_possible"]:
         summary.append(
             f"With {n_prompts} prompts the smallest two-sided p-value is {_fmt(pw['min_p_two_sided'])}, above "
             f"alpha / {pw['n_tests']} tests = {_fmt(pw['holm_first_threshold'])}: a two-sided measure can only reach "
-            "significance after other tests are rejected (Holm); use more prompts or fewer levels for full power."
+            f"significance after other tests are rejected (Holm); {_remedy(pw, cfg, 'two_sided')} or fewer levels "
+            "for full power."
         )
     sig = [m for m in measures if out[m].startswith("R has")]
     head = (

@@ -137,3 +137,21 @@ def test_spearman_against_scipy_and_trend():
     assert flat["p"] > 0.01
     with pytest.raises(ValueError):
         stats.trend_test(dose, dose[:, :3])
+
+
+def test_power_note_names_the_binding_limit():
+    """20 prompts could reach p = 2^-20 exactly; 100 permutations cap p at 1/101: the advice must
+    be to raise --permutations, not to add prompts. With 4 prompts the prompts are the limit."""
+    from steerkit.experiments.analysis import _remedy, power_note
+    from steerkit.experiments.design import InterveneConfig
+
+    few_perm = InterveneConfig(levels=(0.3,), permutations=100)
+    pw = power_note(20, 7, few_perm)
+    assert not pw["one_sided_possible"] and pw["one_sided_limited_by"] == "permutations"
+    assert "raise --permutations" in _remedy(pw, few_perm, "one_sided") and "above 140" in _remedy(
+        pw, few_perm, "one_sided"
+    )
+    pw = power_note(4, 7, InterveneConfig(levels=(0.3,)))
+    assert not pw["one_sided_possible"] and pw["one_sided_limited_by"] == "prompts"
+    assert _remedy(pw, InterveneConfig(levels=(0.3,)), "one_sided") == "use more prompts"
+    assert power_note(20, 7, InterveneConfig(levels=(0.3,)))["one_sided_possible"]
