@@ -42,9 +42,10 @@ def read_run(d: Path) -> dict[str, Any] | None:
         return None
 
 
-def prepare_out(out: Path, kind: str) -> Path:
+def prepare_out(out: Path, kind: str, create: bool = True) -> Path:
     """Accept a new or empty folder, or an existing run of the same kind (rerun/resume);
-    refuse anything else so nothing the user made is overwritten."""
+    refuse anything else so nothing the user made is overwritten. create=False only checks (the
+    caller makes the folder when it has something to write, so a failed run leaves nothing)."""
     if out.exists():
         if not out.is_dir():
             raise RunDirError(f"--out {out} is a file; choose a new folder")
@@ -52,7 +53,8 @@ def prepare_out(out: Path, kind: str) -> Path:
             info = read_run(out)
             if info is None or info.get("kind") != kind:
                 raise RunDirError(f"--out {out} exists and is not a steerkit {kind} run; choose a new folder")
-    out.mkdir(parents=True, exist_ok=True)
+    if create:
+        out.mkdir(parents=True, exist_ok=True)
     return out
 
 

@@ -85,6 +85,23 @@ def compute_vectors(
     return methods.centered(acts, pos, neutral)
 
 
+def _clear_previous_run(out: Path) -> None:
+    """Rerunning into an extract run: drop what the old run wrote that this one may not rewrite (its
+    quality report and figures, the MLP weights), run.json first so the folder never claims to be
+    a finished run while it is half old, half new."""
+    if not (out / "run.json").is_file():
+        return
+    (out / "run.json").unlink()
+    names = ["quality.json", "quality.md", "mlp_down.safetensors"]
+    try:
+        names += [str(f) for f in json.loads((out / "quality.json").read_text()).get("figures", [])]
+    except (OSError, ValueError, AttributeError):
+        pass
+    for name in names:
+        if "/" not in name:
+            (out / name).unlink(missing_ok=True)
+
+
 def extract(
     cfg: ExtractConfig,
     lm: LoadedModel | None = None,
@@ -95,7 +112,7 @@ def extract(
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.stories)  # all validation before any model is loaded
     spec = cfg.model or DEFAULT_MODEL
-    out = prepare_out(Path(cfg.out), "extract") if cfg.out else new_run_dir(Path(spec).name, cfg.method)
+    out = prepare_out(Path(cfg.out), "extract", create=False) if cfg.out else new_run_dir(Path(spec).name, cfg.method)
     lm = lm or load(spec)
     if cfg.preflight:
         rep = preflight.check(lm, allow_untrained=cfg.allow_untrained)
@@ -131,6 +148,7 @@ def extract(
             cfg.method, acts[:n], pos, neg, scenario, acts[n:] if neutral else None
         )
     out.mkdir(parents=True, exist_ok=True)
+    _clear_previous_run(out)
     tensors = {f"resid.layer_{la}": res.resid[la][:n].contiguous() for la in layers}
     tensors.update({f"heads.layer_{la}": v[:n].contiguous() for la, v in res.heads.items()})
     if neutral:

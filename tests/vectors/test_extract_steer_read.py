@@ -260,3 +260,20 @@ def test_bad_input_exit_2(args, needle, run_dir, tmp_path):
     lines = [ln for ln in res.output.splitlines() if ln.strip()]
     assert len(lines) == 1 and needle in lines[0], res.output
     assert sorted(p.name for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_failed_extract_leaves_no_folder_and_a_rerun_drops_the_old_report(run_dir, tiny_dir, tmp_path):
+    bad = tmp_path / "new"
+    args = ["extract", "--stories", str(FIXTURE), "--model", str(tiny_dir), "--allow-untrained", "--no-cache"]
+    res = CliRunner().invoke(main, [*args, "--layers", "99", "--out", str(bad)])
+    assert res.exit_code == 2 and not bad.exists(), res.output
+    import shutil
+
+    again = tmp_path / "again"
+    shutil.copytree(run_dir, again)
+    assert CliRunner().invoke(main, ["quality-report", str(again), "--folds", "2"]).exit_code == 0
+    assert (again / "quality.json").is_file() and (again / "cosine_heatmap.png").is_file()
+    res = CliRunner().invoke(main, [*args, "--layers", "0,3", "--out", str(again)])
+    assert res.exit_code == 0, res.output
+    assert not (again / "quality.json").exists() and not (again / "cosine_heatmap.png").exists()
+    assert json.loads((again / "readout.json").read_text())["layers"] == [0, 3]
