@@ -141,7 +141,9 @@ def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:
         if allow_untrained:
             rep.warnings.extend(m + " (allowed: --allow-untrained)" for m in untrained_msgs)
         else:
-            rep.failures.extend(untrained_msgs)
+            rep.failures.extend(
+                m + " (to study an untrained model on purpose: --allow-untrained)" for m in untrained_msgs
+            )
 
     desc = lm.adapter.describe(lm.model)
     rep.table = {
