@@ -82,6 +82,11 @@ def capture(
         parse_pooling(pooling)
     except ValueError as e:
         raise SteerkitError(str(e)) from e
+    if max_tokens is not None and max_tokens < 1:
+        raise SteerkitError(f"--max-tokens must be at least 1, got {max_tokens}; leave it out to keep whole texts")
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise SteerkitError(f"--out {out} is a file; choose a folder")
     items = read_texts(texts_path)
     lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     n = lm.adapter.n_blocks(lm.model)
@@ -107,7 +112,6 @@ def capture(
             )
     except ValueError as e:
         raise SteerkitError(str(e)) from e
-    out = Path(out_dir)
     tensors = {f"{site}.layer_{layer}": v for site in site_list for layer, v in res.site(site).items()}
     atomic_save_safetensors(tensors, out / "activations.safetensors")
     meta = {

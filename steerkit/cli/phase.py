@@ -12,7 +12,9 @@ from . import main
 from .common import console, model_options
 
 
-def _ints(value: str | None) -> tuple[int, ...]:
+def _ints(value: str | None, option: str) -> tuple[int, ...]:
+    from ..errors import TrainingConfigError
+
     if not value:
         return ()
     out: list[int] = []
@@ -24,7 +26,7 @@ def _ints(value: str | None) -> tuple[int, ...]:
             elif v:
                 out.append(int(v))
     except ValueError as e:
-        raise click.BadParameter(f"{value!r}: give block indices like 12, 12,13 or 10:20") from e
+        raise TrainingConfigError(f"{option} {value!r}: give block indices like 12, 12,13 or 10:20") from e
     return tuple(out)
 
 
@@ -124,6 +126,8 @@ def train_phase(
     from ..training.runs import read_config
 
     root = Path(out) if out else runs_root()
+    if root.exists() and not root.is_dir():
+        raise RunDirError(f"--out {root} is a file; choose a folder")
     if resume:
         run_dir = root / name if name else _latest_unfinished(root)
         if run_dir is None or not (run_dir / "config.json").is_file():
@@ -173,8 +177,8 @@ def _config(o: dict[str, Any]) -> Any:
             base_lr=o["base_lr"], lam=o["lam"], u_target=o["u_target"], val_every=o["val_every"],
             val_fraction=o["val_fraction"], patience=o["patience"], plateau_share=o["plateau_share"],
             lr_factor=o["lr_factor"], checkpoint_every=o["checkpoint_every"], keep_last=o["keep_last"],
-            seed=o["seed"], unfreeze=_ints(o["unfreeze"]), lora_rank=o["lora_rank"], lora_alpha=o["lora_alpha"],
-            lora_lr=o["lora_lr"], lora_blocks=_ints(o["lora_blocks"]),
+            seed=o["seed"], unfreeze=_ints(o["unfreeze"], "--unfreeze"), lora_rank=o["lora_rank"],
+            lora_alpha=o["lora_alpha"], lora_lr=o["lora_lr"], lora_blocks=_ints(o["lora_blocks"], "--lora-blocks"),
         )  # fmt: skip
     except TrainingConfigError:
         raise
@@ -229,7 +233,10 @@ def _report(result: Any) -> None:
 @click.option("--out", default=None, type=click.Path(), help="Folder for the PNGs (default RUN/plots).")
 def plot_metrics(run: str, out: str | None) -> None:
     """PNGs of a train-phase run: loss, R, U, R*U, gradient-norm ratio, tone timeline."""
+    from ..errors import RunDirError
     from ..training.plots import plot_run
 
+    if out and Path(out).exists() and not Path(out).is_dir():
+        raise RunDirError(f"--out {out} is a file; choose a folder")
     for p in plot_run(run, out):
         click.echo(str(p))

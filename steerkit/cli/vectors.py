@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
 from .common import console
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from ..models import LoadedModel
+    from ..vectors import ConceptVectors
 
 
 @main.command()
@@ -114,6 +119,24 @@ def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
     return layers[len(layers) // 2]
 
 
+def _check_model(cv: ConceptVectors, lm: LoadedModel, layer: int) -> None:
+    """The vectors must fit the model: same hidden size, and the block `layer` must exist."""
+    from ..errors import ReadoutError
+
+    spec, run_spec = lm.info["spec"], cv.meta.get("model", {}).get("spec", "?")
+    hidden, n_blocks = int(lm.model.get_input_embeddings().weight.shape[1]), lm.adapter.n_blocks(lm.model)
+    if cv.hidden_size != hidden:
+        raise ReadoutError(
+            f"the vectors have hidden size {cv.hidden_size} but model {spec} has {hidden}; "
+            f"pass the run's model (-m {run_spec}) or leave -m out"
+        )
+    if not 0 <= layer < n_blocks:
+        raise ReadoutError(
+            f"layer {layer} is not in model {spec}, which has {n_blocks} blocks (0..{n_blocks - 1}); "
+            f"pass the run's model (-m {run_spec}) or leave -m out"
+        )
+
+
 @main.command()
 @click.option("--vectors", "vectors_dir", required=True, type=click.Path(), help="A run folder from extract.")
 @click.option("--concept", "concepts", multiple=True, help="NAME=ALPHA (repeatable), e.g. calm=4 angry=-2.")
@@ -146,18 +169,26 @@ def steer(
     """Generate with concept vectors added to a block's output."""
     import torch
 
+    from ..errors import SteerkitError
     from ..models import load
     from ..steering import steer as steer_ctx
     from ..vectors import ConceptVectors
 
+    if max_new_tokens < 1:
+        raise SteerkitError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
+    if not prompt.strip():
+        raise SteerkitError("the prompt is empty; pass some text with --prompt")
     cv = ConceptVectors.load(vectors_dir)
     weights = _parse_weights(concepts)
     for name in weights:
         cv.index(name)
     layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
     lm = load(model or cv.meta["model"]["spec"])
+    _check_model(cv, lm, layer)
     tok = lm.tokenizer
     enc = tok(prompt, return_tensors="pt").to(next(lm.model.parameters()).device)
+    if enc.input_ids.shape[1] == 0:
+        raise SteerkitError(f"the prompt {prompt!r} has no tokens; pass some text with --prompt")
 
     def generate() -> str:
         torch.manual_seed(seed)
@@ -191,17 +222,27 @@ def read(
 
     if (text is None) == (file_ is None):
         raise SteerkitError("give exactly one of --text or --file")
+    if top < 1:
+        raise SteerkitError(f"--top must be at least 1 (concepts to show), got {top}")
     if file_ is not None:
         p = Path(file_)
+        if p.is_dir():
+            raise SteerkitError(f"--file {p} is a folder; pass a text file")
         if not p.is_file():
             raise SteerkitError(f"--file {p} does not exist")
-        text = p.read_text(encoding="utf-8")
+        try:
+            text = p.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise SteerkitError(f"{p}: not UTF-8 (invalid byte at offset {e.start}); re-save it as UTF-8") from e
+        except OSError as e:
+            raise SteerkitError(f"--file {p} is unreadable ({e.strerror or type(e).__name__})") from e
     assert text is not None
     if not text.strip():
         raise SteerkitError("the text is empty")
     cv = ConceptVectors.load(vectors_dir)
     layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
     lm = load(model or cv.meta["model"]["spec"])
+    _check_model(cv, lm, layer)
     r = read_tokens(lm, cv, text, layer)
     k = min(top, len(cv.concepts))
     pooled_top = r["pooled"].topk(k)

@@ -87,6 +87,17 @@ def fingerprint(model: Any, spec: str) -> str:
     return h.hexdigest()[:16]
 
 
+def check_device(device: str) -> None:
+    """Raise a one-line ModelLoadError unless torch can put a tensor on `device` (before any loading)."""
+    import torch
+
+    try:
+        torch.empty(0, device=device)
+    except Exception as e:  # RuntimeError for 'foo', AssertionError for cuda on a CPU-only torch, ...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(f"device {device!r} is not usable here ({reason[:200]}); use --device cpu") from e
+
+
 def load(
     spec: str | None = None,
     *,
@@ -103,6 +114,8 @@ def load(
     spec = spec or zoo.DEFAULT_MODEL
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+    if device_map is None:
+        check_device(device)
     source, where, gguf_file = _resolve(spec)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
