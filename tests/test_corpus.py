@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from steerkit.cli import main
 from steerkit.corpus import avoid_hits, jaccard_shingles, load, split_stories
+from steerkit.corpus.text import near_duplicates, shingles
 from steerkit.errors import CorpusError
 
 FIXTURE = Path(__file__).parent / "fixtures" / "corpus_small"
@@ -145,12 +146,97 @@ def test_helpers():
     assert avoid_hits("I felt so Angry, furious even", ["angry", "furious", "mad"]) == ["angry", "furious"]
     assert avoid_hits("the madness", ["mad"]) == []
     assert jaccard_shingles("a b c d e", "a b c d e") == 1.0
+    assert shingles("A b, c d e") == {("a", "b", "c", "d"), ("b", "c", "d", "e")}
+    assert shingles("two words") == {("two", "words")} and shingles(" ... ") == set()
+    assert jaccard_shingles("a b c d e", "a b c d x") == 1 / 3  # {abcd, bcde} vs {abcd, bcdx}
+
+
+def _append(path: Path, story: str) -> int:
+    """Append a story after a --- line; returns its first line number."""
+    old = path.read_text().rstrip()
+    path.write_text(old + "\n---\n" + story + "\n")
+    return len(old.splitlines()) + 2
+
+
+def _first_story(path: Path) -> str:
+    return path.read_text().split("---")[0].strip()
+
+
+def test_a_text_under_two_concepts_is_an_error_and_extract_refuses_it(tmp_path):
+    d = _copy(tmp_path)
+    story = _first_story(d / "stories" / "sad.txt")
+    n = _append(d / "stories" / "happy.txt", story)
+    res = CliRunner().invoke(main, ["corpus", "check", str(d)])
+    assert res.exit_code == 2, res.output
+    errors = [ln for ln in res.output.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and f"stories/happy.txt:{n} and stories/sad.txt:1 hold the same text" in errors[0]
+    assert "labelled happy and sad" in errors[0]
+    out = tmp_path / "run"
+    res = CliRunner().invoke(main, ["extract", "--stories", str(d), "--model", "/no/such/model", "--out", str(out)])
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert res.exit_code == 2 and len(lines) == 1, res.output
+    assert f"stories/happy.txt:{n} and stories/sad.txt:1" in lines[0] and not out.exists()
+
+
+def test_a_framing_equal_to_its_baseline_is_an_error(tmp_path):
+    d = _copy(tmp_path)
+    (d / "paired" / "park" / "calm.txt").write_text((d / "paired" / "park" / "baseline.txt").read_text())
+    c = load(d, strict=False)
+    assert any("labelled calm and the baseline of park" in e for e in c.report.errors), c.report.errors
+    with pytest.raises(CorpusError, match="paired/park/baseline.txt:1 and paired/park/calm.txt:1"):
+        load(d)
+
+
+def test_a_duplicate_within_one_concept_stays_a_warning(tmp_path):
+    d = _copy(tmp_path)
+    n = _append(d / "stories" / "sad.txt", _first_story(d / "stories" / "sad.txt"))
+    _append(d / "paired" / "kitchen" / "sad.txt", "")  # one story still: an empty part is ignored
+    c = load(d)
+    assert c.report.errors == []
+    assert f"stories/sad.txt:1: exact duplicate also at stories/sad.txt:{n}" in c.report.warnings
+    assert len(c.positives("sad")) == 4  # stored once
+
+
+def test_near_duplicates_across_concepts_warn_but_a_scenario_s_tellings_do_not(tmp_path):
+    d = _copy(tmp_path)
+    sad = _first_story(d / "stories" / "sad.txt")
+    near = sad.replace("Jun sat on", "Jun knelt on")  # 29 words: 4-gram Jaccard 22/30
+    n = _append(d / "stories" / "angry.txt", near)
+    calm = (d / "paired" / "park" / "calm.txt").read_text()
+    (d / "paired" / "park" / "calm.txt").write_text(calm + " Then he went back to work.")
+    c = load(d)
+    near_w = [w for w in c.report.warnings if "near duplicates" in w]
+    assert near_w == [
+        f"stories/angry.txt:{n} and stories/sad.txt:1: near duplicates (word 4-gram Jaccard "
+        f"{jaccard_shingles(near, sad):.2f} > 0.3); rewrite one so they share less text"
+    ]
+    assert jaccard_shingles(near, sad) > 0.3 and not c.report.errors
+    assert load(d, near_duplicate=0.9).report.warnings == [w for w in c.report.warnings if w not in near_w]
+
+
+def test_near_duplicates_match_all_pairs_by_hand():
+    import random
+
+    rng = random.Random(0)
+    vocab = ["w1", "w2"]
+    texts = [" ".join(rng.choice(vocab) for _ in range(rng.randrange(0, 20))) for _ in range(60)]
+    texts += [texts[3], texts[5] + " w1 w2", "w1 w2"]
+    brute = []
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            a, b = shingles(texts[i]), shingles(texts[j])
+            jac = len(a & b) / len(a | b) if a and b else 0.0
+            if jac > 0.3:
+                brute.append((i, j, jac))
+    got = near_duplicates(texts, 0.3)
+    assert [(i, j) for i, j, _ in got] == [(i, j) for i, j, _ in brute] and len(got) > 5
+    assert all(abs(x[2] - y[2]) < 1e-12 for x, y in zip(got, brute, strict=True))
 
 
 def test_real_corpus_passes_check_without_avoid_warnings():
     c = load(ROOT / "corpora")
     assert c.report.errors == []
-    assert not [w for w in c.report.warnings if "avoid word" in w]
+    assert not [w for w in c.report.warnings if "avoid word" in w or "duplicate" in w]
     required = (
         "happy sad angry afraid calm anxious curious bored proud ashamed grateful lonely disgusted surprised "
         "hopeful guilty jealous content excited tender frustrated relieved nostalgic awed embarrassed "

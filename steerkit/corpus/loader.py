@@ -8,7 +8,7 @@ from pathlib import Path
 from ..errors import CorpusError
 from .manifest import parse_manifest
 from .model import CheckReport, Concept, Corpus, Source, Text, TextKind
-from .text import _shingles, _words, avoid_hits, split_stories
+from .text import avoid_hits, near_duplicates, split_stories
 
 KNOWN_ENTRIES = {"manifest.json", "stories", "paired", "neutral", "prompts", "README.md"}
 
@@ -167,7 +167,7 @@ def load(
     min_positives: int = 3,
     allow_missing: bool = False,
     length_range: tuple[int, int] = (60, 200),
-    near_duplicate: float = 0.8,
+    near_duplicate: float = 0.3,
     strict: bool = True,
 ) -> Corpus:
     """Load and validate a corpus folder. With strict=True any error raises CorpusError
@@ -196,7 +196,8 @@ def load(
         n = sum(1 for t in texts if c.name in t.concepts)
         if n < min_positives:
             rep.errors.append(f"concept {c.name!r} has {n} positives, fewer than --min-positives {min_positives}")
-    _near_duplicates(texts, near_duplicate, rep)
+    _duplicates(texts + list(s.neutral.values()), rep)
+    _near_duplicate_warnings(texts + list(s.neutral.values()), near_duplicate, rep)
     corpus = Corpus(
         root=root,
         concepts=kept,
@@ -211,20 +212,32 @@ def load(
     return corpus
 
 
-def _near_duplicates(texts: list[Text], threshold: float, rep: CheckReport) -> None:
-    """Warn about pairs of texts whose 3-word-shingle Jaccard similarity exceeds threshold.
-    Identical texts were merged already (and are reported when they carry different labels)."""
+def _duplicates(texts: list[Text], rep: CheckReport) -> None:
+    """A text stored under two labels (two concepts, or a concept and a baseline) is an error: extract
+    would make it a positive of both. The same text twice under one label is a warning."""
     for t in texts:
-        if len(t.sources) > 1:
-            rep.warnings.append(
-                f"{t.where}: exact duplicate also at {', '.join(f'{s.file}:{s.line}' for s in t.sources[1:])}"
+        if len(t.sources) < 2:
+            continue
+        labels = sorted(t.concepts) + sorted(
+            {f"the baseline of {s.scenario}" for s in t.sources if s.kind == "baseline"}
+        )
+        places = [f"{s.file}:{s.line}" for s in t.sources]
+        if len(labels) > 1:
+            rep.errors.append(
+                f"{' and '.join(places)} hold the same text, labelled {' and '.join(labels)}; "
+                "a text can belong to one concept only: rewrite or delete all but one"
             )
-    sets = [{tuple(x) for x in _shingles(_words(t.text), 3)} for t in texts]
-    for i in range(len(texts)):
-        for j in range(i + 1, len(texts)):
-            a, b = sets[i], sets[j]
-            if not a or not b or min(len(a), len(b)) / max(len(a), len(b)) < threshold:
-                continue  # Jaccard <= |small| / |large|: cannot exceed the threshold
-            jac = len(a & b) / len(a | b)
-            if jac > threshold:
-                rep.warnings.append(f"{texts[i].where} and {texts[j].where}: near duplicates (Jaccard {jac:.2f})")
+        else:
+            rep.warnings.append(f"{places[0]}: exact duplicate also at {', '.join(places[1:])}")
+
+
+def _near_duplicate_warnings(texts: list[Text], threshold: float, rep: CheckReport) -> None:
+    """Warn about pairs of texts (neutral ones included) whose word 4-gram Jaccard exceeds threshold.
+    The tellings of one paired scenario share its events by design and are not compared."""
+    scen = [{s.scenario for s in t.sources if s.scenario} for t in texts]
+    for i, j, jac in near_duplicates([t.text for t in texts], threshold, k=4):
+        if not scen[i] & scen[j]:
+            rep.warnings.append(
+                f"{texts[i].where} and {texts[j].where}: near duplicates (word 4-gram Jaccard {jac:.2f} > "
+                f"{threshold}); rewrite one so they share less text"
+            )

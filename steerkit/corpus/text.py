@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 
 SEPARATOR = re.compile(r"^---\s*$")
 
@@ -37,11 +39,32 @@ def avoid_hits(text: str, avoid: tuple[str, ...] | list[str]) -> list[str]:
     return [w for w in avoid if re.search(r"\b" + re.escape(w) + r"\b", text, re.I)]
 
 
-def jaccard_shingles(a: str, b: str, k: int = 3) -> float:
-    sa = {tuple(x) for x in _shingles(_words(a), k)}
-    sb = {tuple(x) for x in _shingles(_words(b), k)}
+def shingles(text: str, k: int = 4) -> set[tuple[str, ...]]:
+    """The set of word k-grams of `text` (lower-cased words; a text shorter than k words is one shingle)."""
+    w = _words(text)
+    return {tuple(w[i : i + k]) for i in range(max(1, len(w) - k + 1))} if w else set()
+
+
+def jaccard_shingles(a: str, b: str, k: int = 4) -> float:
+    """|A & B| / |A | B| of the word k-gram sets of two texts (0 if either has no words)."""
+    sa, sb = shingles(a, k), shingles(b, k)
     return len(sa & sb) / len(sa | sb) if sa and sb else 0.0
 
 
-def _shingles(words: list[str], k: int) -> list[list[str]]:
-    return [words[i : i + k] for i in range(max(1, len(words) - k + 1))]
+def near_duplicates(texts: Sequence[str], threshold: float = 0.3, k: int = 4) -> list[tuple[int, int, float]]:
+    """(i, j, Jaccard) for every pair i < j whose word k-gram Jaccard exceeds `threshold`.
+    An inverted index (shingle -> texts holding it) scores only pairs that share a shingle, so
+    the cost is the sum over shingles of their posting-list sizes, not all N^2 pairs."""
+    sets = [shingles(t, k) for t in texts]
+    index: dict[tuple[str, ...], list[int]] = defaultdict(list)
+    out: list[tuple[int, int, float]] = []
+    for j, sj in enumerate(sets):
+        shared: Counter[int] = Counter()
+        for g in sj:
+            shared.update(index[g])  # earlier texts holding g
+            index[g].append(j)
+        for i, n in shared.items():
+            jac = n / (len(sets[i]) + len(sj) - n)
+            if jac > threshold:
+                out.append((i, j, jac))
+    return sorted(out)
