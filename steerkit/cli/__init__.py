@@ -64,6 +64,7 @@ def _quiet_libraries() -> None:
 
 from . import capture as _capture  # noqa: E402,F401  (registers commands)
 from . import corpus as _corpus  # noqa: E402,F401
+from . import export as _export  # noqa: E402,F401
 from . import intervene as _intervene  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import phase as _phase  # noqa: E402,F401
