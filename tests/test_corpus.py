@@ -87,6 +87,24 @@ def _mutate_few_positives(d):
     shutil.rmtree(d / "paired" / "kitchen")
 
 
+def _mutate_manifest(d, change):
+    m = json.loads((d / "manifest.json").read_text())
+    change(m)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+def _mutate_dominance(d):
+    _mutate_manifest(d, lambda m: m["concepts"][0].update(dominance=1.5))
+
+
+def _mutate_stand_in(d):
+    _mutate_manifest(d, lambda m: m.update(norms={"source": "x", "stand_ins": {"calm": "still", "clam": "x"}}))
+
+
+def _mutate_norms(d):
+    _mutate_manifest(d, lambda m: m.update(norms=["NRC"]))
+
+
 def _mutate_symlink(d):
     (d / "stories" / "extra.txt").symlink_to(d / "stories" / "sad.txt")
 
@@ -103,6 +121,9 @@ def _mutate_symlink(d):
         (_mutate_case, "differ only by case"),
         (_mutate_few_positives, "'happy' has 1 positives, fewer than --min-positives 3"),
         (_mutate_symlink, "symlinks are not allowed"),
+        (_mutate_dominance, "(calm): valence must lie in [-1, 1], arousal and dominance in [0, 1]"),
+        (_mutate_stand_in, "norms.stand_ins names 'clam', not in 'concepts'"),
+        (_mutate_norms, "'norms' must be an object"),
     ],
 )
 def test_each_error_exits_2_with_one_line(tmp_path, mutate, needle):
@@ -250,3 +271,31 @@ def test_real_corpus_passes_check_without_avoid_warnings():
     assert len(full) >= 12
     assert len({k for m in full.values() for k in m if k != "baseline"}) >= 30
     assert len(c.neutral) >= 60
+
+
+def test_manifest_norms_are_the_nrc_vad_lexicon():
+    """Spot-check the shipped manifest against rows copied from NRC-VAD-Lexicon.txt (v1, 2018;
+    the copy cited in the manifest's norms block): valence = 2 V - 1, arousal and dominance as published."""
+    rows = {  # lexicon word: (valence, arousal, dominance), on [0, 1]
+        "happy": (1.000, 0.735, 0.772),
+        "afraid": (0.010, 0.775, 0.245),
+        "calm": (0.875, 0.100, 0.282),
+        "awed": (0.364, 0.774, 0.361),
+        "engrossed": (0.541, 0.471, 0.304),
+        "interested": (0.750, 0.529, 0.725),
+    }
+    c = load(ROOT / "corpora")
+    assert "Mohammad" in c.norms["source"] and c.norms["copy"]["path"] == "NRC-VAD-Lexicon.txt"
+    assert c.norms["stand_ins"] == {"in_flow": "engrossed", "piqued": "interested"}
+    for name in ("happy", "afraid", "calm", "awed", "in_flow", "piqued"):
+        v, a, d = rows[c.norms["stand_ins"].get(name, name)]
+        got = c.concept(name)
+        assert (got.valence, got.arousal, got.dominance) == (round(2 * v - 1, 3), a, d), name
+    assert all(con.dominance is not None for con in c.concepts)
+
+
+def test_a_manifest_without_dominance_or_norms_keeps_its_hash():
+    c = load(FIXTURE)
+    assert c.norms == {} and all(con.dominance is None for con in c.concepts)
+    # the value steerkit computed before dominance existed: runs extracted then still match their corpus
+    assert c.sha256() == "4c7098c8e86cc58b6ff80e4c7c63c273f9b98434b55add04f7ac09879b263098"

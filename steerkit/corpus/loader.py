@@ -176,7 +176,7 @@ def load(
     rep = CheckReport()
     if not root.is_dir():
         raise CorpusError(f"corpus folder {root} does not exist; pass the folder holding manifest.json")
-    concepts = parse_manifest(root, rep)
+    concepts, norms = parse_manifest(root, rep)
     lower = _check_names(concepts, rep)
     _check_entries(root, rep)
     s = _Scan(root, rep, {c.name: c for c in concepts}, length_range)
@@ -205,6 +205,7 @@ def load(
         neutral=list(s.neutral.values()),
         scenarios={name: {k: index[v] for k, v in m.items()} for name, m in s.scenarios.items()},
         report=rep,
+        norms=norms,
     )
     if strict and rep.errors:
         more = f" ({len(rep.errors) - 1} more; run `steerkit corpus check {root}`)" if len(rep.errors) > 1 else ""

@@ -6,7 +6,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 TextKind = Literal["story", "paired", "baseline", "neutral"]
 
@@ -19,6 +19,7 @@ class Concept:
     arousal: float
     description: str
     avoid: tuple[str, ...]
+    dominance: float | None = None  # absent from older manifests
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class Corpus:
     neutral: list[Text]
     scenarios: dict[str, dict[str, int]]  # scenario -> {"baseline" | concept: text index}
     report: CheckReport
+    norms: dict[str, Any] = field(default_factory=dict)  # manifest "norms": source of valence/arousal/dominance
 
     @property
     def names(self) -> list[str]:
@@ -88,14 +90,11 @@ class Corpus:
         """Indices into `texts` of other concepts' positives and all baselines."""
         return [i for i, t in enumerate(self.texts) if name not in t.concepts]
 
-    def labels(self) -> list[list[str]]:
-        """Concept names of each text (empty for baselines)."""
-        return [sorted(t.concepts) for t in self.texts]
-
     def sha256(self) -> str:
         """Content hash of the whole corpus (manifest + all texts), for provenance."""
         h = hashlib.sha256()
-        h.update(json.dumps([c.__dict__ for c in self.concepts], sort_keys=True, default=list).encode())
+        concepts = [{k: v for k, v in c.__dict__.items() if v is not None} for c in self.concepts]
+        h.update(json.dumps(concepts, sort_keys=True, default=list).encode())
         for t in self.texts + self.neutral:
             h.update(t.sha.encode())
             h.update(json.dumps([s.__dict__ for s in t.sources], sort_keys=True).encode())

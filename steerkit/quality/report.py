@@ -51,7 +51,7 @@ class RunData:
     neutral: dict[int, torch.Tensor]  # layer -> (n_neutral, H); only for the `centered` method
     w_down: dict[int, torch.Tensor]  # layer -> (H, I)
     texts: list[dict[str, Any]]
-    manifest: dict[str, dict[str, Any]]  # concept -> manifest entry (valence, arousal, ...)
+    manifest: dict[str, dict[str, Any]]  # concept -> manifest entry (valence, arousal, dominance, ...)
 
 
 def load_run(run: str | Path) -> RunData:
@@ -154,6 +154,7 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
         "concepts": names,
         "valence": {n: data.manifest.get(n, {}).get("valence") for n in names},
         "arousal": {n: data.manifest.get(n, {}).get("arousal") for n in names},
+        "dominance": {n: data.manifest.get(n, {}).get("dominance") for n in names},
         "settings": {
             "ridge_lambda": cfg.ridge_lambda,
             "ridge_fit_intercept": False,
@@ -283,7 +284,7 @@ def top_k_heads(n_heads: int, top: int) -> int:
 def _geometry(data: RunData, layer: int) -> dict[str, Any]:
     names = data.vectors.concepts
     variables = {}
-    for var in ("valence", "arousal"):
+    for var in ("valence", "arousal", "dominance"):
         vals = [float(data.manifest.get(n, {}).get(var, float("nan"))) for n in names]
         if any(not math.isnan(v) for v in vals):
             variables[var] = torch.tensor(vals)
