@@ -17,7 +17,7 @@ $(BIN)/python:
 # your CUDA build of torch==2.13.0 into .venv before running make).
 $(STAMP): $(BIN)/python pyproject.toml
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,lens,lora]'
+	$(BIN)/pip install --quiet -e '.[dev,lens,lora,apollo]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -83,3 +83,37 @@ def corpus_stats(path: str, as_json: bool) -> None:
         f"total: {len(c.concepts)} concepts, {len(c.texts)} unique texts, {len(c.scenarios)} scenarios, "
         f"{len(c.neutral)} neutral paragraphs"
     )
+
+
+@corpus.command("pairs")
+@click.argument("path", type=click.Path())
+@click.option("--axis", required=True, help="valence, arousal (manifest scores; chosen = higher) or concept:A,B.")
+@click.option("--min-gap", default=0.3, show_default=True, help="Smallest score difference of a valence/arousal pair.")
+@click.option("--val-fraction", default=0.2, show_default=True, help="Share of scenarios held out for validation.")
+@click.option("--seed", default=0, show_default=True, help="Seed of the held-out scenario choice.")
+@click.option("--out", default=None, type=click.Path(), help="Output .jsonl (default: print to stdout).")
+def corpus_pairs(path: str, axis: str, min_gap: float, val_fraction: float, seed: int, out: str | None) -> None:
+    """Preference pairs (prompt, chosen, rejected) from the corpus's paired scenarios, for
+    `steerkit train-phase --objective dpo|orpo --pairs FILE`."""
+    from ..errors import CorpusError
+    from ..training.pairs import corpus_pairs as make_pairs
+    from ..training.pairs import write_pairs
+
+    if not 0.0 < val_fraction < 1.0 or not min_gap >= 0.0:
+        raise CorpusError("--val-fraction must lie in (0, 1) and --min-gap must be >= 0")
+    if out and Path(out).is_dir():
+        raise CorpusError(f"--out {out} is a folder; give a .jsonl file name")
+    c = _load(path)
+    _exit_on_errors(c)
+    rows, counts = make_pairs(c, axis, min_gap=min_gap, val_fraction=val_fraction, seed=seed)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        write_pairs(out, rows)
+    else:
+        for r in rows:
+            click.echo(json.dumps(r, ensure_ascii=False))
+    click.echo(
+        f"{counts['pairs']} pairs ({counts['validation']} in held-out scenarios), {counts['skipped']} framing pairs "
+        f"skipped (no shared opening sentence){' -> ' + out if out else ''}",
+        err=True,
+    )

@@ -12,22 +12,14 @@ from . import main
 from .common import console, model_options
 
 
-def _ints(value: str | None, option: str) -> tuple[int, ...]:
-    from ..errors import TrainingConfigError
+def _blocks(value: str | None, option: str) -> str | tuple[int, ...]:
+    """A block spec as given (resolved against the model's depth when the run starts); syntax checked now."""
+    from ..training.setup import check_block_spec
 
-    if not value:
+    if not value or not value.strip():
         return ()
-    out: list[int] = []
-    try:
-        for v in (v.strip() for v in value.split(",")):
-            if ":" in v:  # a range a:b (b excluded), as in the layer specs
-                a, b = (int(x) for x in v.split(":"))
-                out.extend(range(a, b))
-            elif v:
-                out.append(int(v))
-    except ValueError as e:
-        raise TrainingConfigError(f"{option} {value!r}: give block indices like 12, 12,13 or 10:20") from e
-    return tuple(out)
+    check_block_spec(value, option)
+    return value.strip()
 
 
 def _latest_unfinished(root: Path) -> Path | None:
@@ -104,6 +96,37 @@ def _latest_unfinished(root: Path) -> Path | None:
 @click.option(
     "--lora-blocks", default=None, help="Blocks whose linear layers get LoRA, e.g. 14 or 10:20 (default: all)."
 )
+@click.option(
+    "--objective",
+    type=click.Choice(["ce", "dpo", "orpo"]),
+    default="ce",
+    show_default=True,
+    help="ce: CE + lam |U - U_target| on --text; dpo / orpo: preference loss on --pairs (+ the U term).",
+)
+@click.option(
+    "--pairs",
+    default=None,
+    type=click.Path(),
+    help="Preference pairs: JSONL of {prompt, chosen, rejected} or a datasets save_to_disk folder (see docs/preference.md).",
+)
+@click.option(
+    "--beta", default=0.1, show_default=True, help="DPO beta (sigmoid loss) / ORPO lambda of the odds-ratio term."
+)
+@click.option(
+    "--from",
+    "parent",
+    default=None,
+    type=click.Path(),
+    help="Start from this finished run's core, coupling, block and LoRA (recorded as the parent).",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adamw", "apollo", "apollo-mini"]),
+    default="adamw",
+    show_default=True,
+    help="Optimizer of trained base weights (--unfreeze, LoRA); the phase core always uses AdamW.",
+)
+@click.option("--apollo-rank", default=None, type=int, help="APOLLO projection rank (default 256; APOLLO-Mini 1).")
 @click.option("--seed", default=0, show_default=True, help="Random seed (initialisation, data split and order).")
 @click.option("--out", default=None, type=click.Path(), help="Folder holding runs (default $STEERKIT_RUNS or ./runs).")
 @click.option("--name", default=None, help="Run name (folder under --out); default: a timestamped name.")
@@ -116,9 +139,12 @@ def train_phase(
     learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int, batch_size: int, lr: float,
     base_lr: float, lam: float, u_target: float, val_every: int, val_fraction: float, patience: int,
     plateau_share: float, lr_factor: float, checkpoint_every: int, keep_last: int, unfreeze: str | None,
-    lora_rank: int, lora_alpha: float, lora_lr: float, lora_blocks: str | None, seed: int, out: str | None, name: str | None, resume: bool,
+    lora_rank: int, lora_alpha: float, lora_lr: float, lora_blocks: str | None, objective: str, pairs: str | None,
+    beta: float, parent: str | None, optimizer: str, apollo_rank: int | None, seed: int, out: str | None,
+    name: str | None, resume: bool,
 ) -> None:  # fmt: skip
-    """Train a Kuramoto phase core coupled into a frozen model (L = CE + lam |U - U_target|)."""
+    """Train a Kuramoto phase core coupled into a frozen model (L = CE + lam |U - U_target|, or DPO / ORPO
+    on preference pairs plus the U term)."""
     from ..errors import RunDirError
     from ..models import load
     from ..runs import new_run_dir, runs_root
@@ -142,10 +168,19 @@ def train_phase(
             result = loop.resume(run_dir, lm=lm, steps=cfg_steps, on_step=on_step)
     else:
         cfg = _config(locals())
-        run_dir = root / name if name else new_run_dir("phase", cfg.coupling.name)
+        if cfg.parent and not _given("model"):
+            saved, _ = read_config(Path(cfg.parent)) if (Path(cfg.parent) / "config.json").is_file() else (cfg, {})
+            cfg = cfg.replace(model=saved.model, dtype=cfg.dtype or saved.dtype)
+        if cfg.pairs:  # fail on bad pairs before a model loads
+            from ..training.pairs import load_pairs
+
+            load_pairs(cfg.pairs)
+        run_dir = (
+            root / name if name else new_run_dir("phase", cfg.objective if cfg.objective != "ce" else cfg.coupling.name)
+        )
         if out and not name:
             run_dir = root / run_dir.name
-        lm = load(cfg.model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = load(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=trust_remote_code)
         with _bar(cfg.steps) as on_step:
             result = loop.train(cfg, run_dir, lm=lm, on_step=on_step)
     _report(result)
@@ -177,8 +212,11 @@ def _config(o: dict[str, Any]) -> Any:
             base_lr=o["base_lr"], lam=o["lam"], u_target=o["u_target"], val_every=o["val_every"],
             val_fraction=o["val_fraction"], patience=o["patience"], plateau_share=o["plateau_share"],
             lr_factor=o["lr_factor"], checkpoint_every=o["checkpoint_every"], keep_last=o["keep_last"],
-            seed=o["seed"], unfreeze=_ints(o["unfreeze"], "--unfreeze"), lora_rank=o["lora_rank"],
-            lora_alpha=o["lora_alpha"], lora_lr=o["lora_lr"], lora_blocks=_ints(o["lora_blocks"], "--lora-blocks"),
+            seed=o["seed"], unfreeze=_blocks(o["unfreeze"], "--unfreeze"), lora_rank=o["lora_rank"],
+            lora_alpha=o["lora_alpha"], lora_lr=o["lora_lr"], lora_blocks=_blocks(o["lora_blocks"], "--lora-blocks"),
+            objective=o["objective"], pairs=str(Path(o["pairs"]).resolve()) if o["pairs"] else None, beta=o["beta"],
+            parent=str(Path(o["parent"]).resolve()) if o["parent"] else None, optimizer=o["optimizer"],
+            apollo_rank=o["apollo_rank"],
         )  # fmt: skip
     except TrainingConfigError:
         raise

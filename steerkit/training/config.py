@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any
+from typing import Any, Literal, get_args
 
 from ..errors import TrainingConfigError
 from ..models import zoo
@@ -12,16 +13,26 @@ from ..phase.core import PhaseConfig
 from ..phase.couplings import CouplingConfig
 
 CONFIG_VERSION = 1
+Objective = Literal["ce", "dpo", "orpo"]
+OBJECTIVES: tuple[str, ...] = get_args(Objective)
+OptimizerName = Literal["adamw", "apollo", "apollo-mini"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     """Hyper-parameters of `steerkit train-phase`; the CLI options mirror these fields.
 
-    Loss: L = CE + lam * mean_tokens |U - u_target|, U = H(p) / log V (phase/metrics.py).
+    Loss (objective 'ce'): L = CE + lam * mean_tokens |U - u_target|, U = H(p) / log V (phase/metrics.py).
+    objective 'dpo' / 'orpo': the preference loss on `pairs` (training/objectives.py) + the same
+        lam |U - u_target| over the completion tokens; beta is DPO's beta or ORPO's lambda.
+    parent: a finished run whose core, coupling, block, LoRA and trained base weights are the start.
+    optimizer: for trained base weights (unfrozen blocks, LoRA): AdamW or APOLLO / APOLLO-Mini
+        (apollo-torch; apollo_rank overrides their rank 256 / 1); the phase core always uses AdamW.
     layer: a block index, or a layer spec string ('0.5' = a fraction of depth, '-1' = last);
         resolved to an int when the run starts (config.json holds the int).
-    unfreeze: block indices of the base model trained too (lr base_lr); the rest stays frozen.
+    unfreeze: block indices (or a block spec string such as '10:-1', resolved when the run starts)
+        of the base model trained too (lr base_lr); the rest stays frozen.
     lora_rank: > 0 trains LoRA adapters (peft; rank lora_rank, scale lora_alpha / lora_rank, lr
         lora_lr) on every linear layer of lora_blocks (empty: every block); the base stays frozen.
     Validation: every val_every steps on val_batches batches of a held-out val_fraction of the texts.
@@ -56,11 +67,17 @@ class TrainConfig:
     checkpoint_every: int = 50
     keep_last: int = 5
     seed: int = 0
-    unfreeze: tuple[int, ...] = ()
+    unfreeze: tuple[int, ...] | str = ()
     lora_rank: int = 0
     lora_alpha: float = 16.0
     lora_lr: float = 1e-4
-    lora_blocks: tuple[int, ...] = ()
+    lora_blocks: tuple[int, ...] | str = ()
+    objective: Objective = "ce"
+    pairs: str | None = None
+    beta: float = 0.1
+    parent: str | None = None
+    optimizer: OptimizerName = "adamw"
+    apollo_rank: int | None = None
     r_band: tuple[float, float] = (0.80, 0.95)
     grad_ratio_band: tuple[float, float] = (0.3, 3.0)
     collapse_threshold: float = 1e-6
@@ -92,6 +109,20 @@ class TrainConfig:
             raise TrainingConfigError("lora_rank must be >= 0, lora_alpha and lora_lr > 0")
         if self.lora_blocks and not self.lora_rank:
             raise TrainingConfigError("--lora-blocks needs --lora-rank > 0")
+        if self.objective not in OBJECTIVES:
+            raise TrainingConfigError(f"objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.objective != "ce" and not self.pairs:
+            raise TrainingConfigError(
+                f"--objective {self.objective} needs --pairs FILE (prompt, chosen, rejected JSONL)"
+            )
+        if self.objective == "ce" and self.pairs:
+            raise TrainingConfigError("--pairs needs --objective dpo or orpo")
+        if not (isinstance(self.beta, int | float) and math.isfinite(self.beta) and self.beta > 0):
+            raise TrainingConfigError(f"--beta must be a finite number > 0, got {self.beta}")
+        if self.optimizer not in OPTIMIZERS:
+            raise TrainingConfigError(f"optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if self.apollo_rank is not None and self.apollo_rank < 1:
+            raise TrainingConfigError(f"--apollo-rank must be >= 1, got {self.apollo_rank}")
         lo, hi = self.r_band
         if not 0.0 <= lo < hi <= 1.0:
             raise TrainingConfigError(f"r_band must satisfy 0 <= low < high <= 1, got {self.r_band}")
@@ -119,7 +150,7 @@ class TrainConfig:
         if isinstance(d.get("coupling"), dict):
             d["coupling"] = CouplingConfig(**d["coupling"])
         for k in ("texts", "unfreeze", "lora_blocks", "r_band", "grad_ratio_band"):
-            if k in d and d[k] is not None:
+            if k in d and isinstance(d[k], list | tuple):
                 d[k] = tuple(d[k])
         return cls(**d)
 

@@ -121,3 +121,24 @@ def r_collapse(r: torch.Tensor, level: float = 0.99, share: float = 0.5) -> tupl
     """(share of tokens with R > level, whether that is most tokens): the seeds' inference failure."""
     frac = float((r.detach() > level).float().mean())
     return frac, frac > share
+
+
+class Warner:
+    """Logs each kind of training trouble once per run: activation collapse (per component),
+    R collapse, a phase/base gradient-norm ratio outside its band."""
+
+    def __init__(self, band: tuple[float, float]) -> None:
+        self.band = band
+        self.warned: set[str] = set()
+
+    def check(self, m: dict[str, Any]) -> None:
+        for name in m["collapsed"]:
+            if name not in self.warned:
+                self.warned.add(name)
+                log.warning("activation collapse: %s has near-zero variance across tokens (step %d)", name, m["step"])
+        if m["r_collapse"] and "R" not in self.warned:
+            self.warned.add("R")
+            log.warning("R collapse: R > 0.99 on %.0f%% of tokens (step %d)", 100 * m["R_above_099"], m["step"])
+        if m["grad_ratio_flag"] and "ratio" not in self.warned:
+            self.warned.add("ratio")
+            log.warning("gradient-norm ratio phase/base %s outside %s (step %d)", m["grad_ratio"], self.band, m["step"])
