@@ -59,6 +59,10 @@ def run_pairs(cfg: Any, tokenizer: Any) -> tuple[TokenizedPairs, list[int], list
     return tp, train, val
 
 
+def _num(x: Any) -> float:
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
 def fingerprint(model: torch.nn.Module, start: dict[str, torch.Tensor], pairs_sha: str) -> str:
     """sha256 over every base-model parameter, the starting trainable state and the pair tokens."""
     h = hashlib.sha256()
@@ -183,8 +187,8 @@ class PreferenceObjective:
     def _scalars(self, o: dict[str, Any], band: tuple[float, float], prefix: str = "") -> dict[str, Any]:
         cr, rr, b = o["chosen_rewards"], o["rejected_rewards"], o["b"]
         s: dict[str, Any] = {
-            f"{prefix}pref_loss": float(o["pref"].detach()) if isinstance(o["pref"], torch.Tensor) else float(o["pref"]),
-            f"{prefix}u_loss": float(o["u_loss"].detach()) if isinstance(o["u_loss"], torch.Tensor) else float(o["u_loss"]),
+            f"{prefix}pref_loss": _num(o["pref"]),
+            f"{prefix}u_loss": _num(o["u_loss"]),
             f"{prefix}rewards/chosen": float(cr.mean()),
             f"{prefix}rewards/rejected": float(rr.mean()),
             f"{prefix}rewards/margins": float((cr - rr).mean()),
