@@ -28,8 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-from steerkit.capture import capture, default_spread, parse_layers  # noqa: E402
-from steerkit.capture.engine import _pad, _StopForward, make_batches  # noqa: E402
+from steerkit.capture import StopForward, capture, default_spread, make_batches, pad, parse_layers, parse_pooling  # noqa: E402
 from steerkit.corpus import load as load_corpus  # noqa: E402
 from steerkit.models import from_model, load  # noqa: E402
 
@@ -44,17 +43,17 @@ def bare(lm, texts, layers, max_batch_tokens):
     blocks = lm.adapter.blocks(lm.model)
 
     def stop(*_):
-        raise _StopForward
+        raise StopForward
 
     h = blocks[max(layers)].register_forward_hook(stop)
     base = lm.adapter.base_model(lm.model)
     try:
         for b in make_batches([len(e) for e in enc], max_batch_tokens):
-            ids, mask = _pad([enc[i] for i in b], int(lm.tokenizer.pad_token_id), "right")
+            ids, mask = pad([enc[i] for i in b], int(lm.tokenizer.pad_token_id), "right")
             with torch.inference_mode():
                 try:
                     base(input_ids=ids, attention_mask=mask, use_cache=False)
-                except _StopForward:
+                except StopForward:
                     pass
     finally:
         h.remove()
@@ -78,7 +77,14 @@ def backends(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, f
     for _ in range(repeats):
         for name in ("hooks", "nnsight", "lens"):
             s = time.perf_counter()
-            capture(lm, texts, layers, pooling="mean_after:1", max_batch_tokens=max_batch_tokens, backend=name)
+            capture(
+                lm,
+                texts,
+                layers,
+                pooling=parse_pooling("mean_after:1"),
+                max_batch_tokens=max_batch_tokens,
+                backend=name,
+            )
             t[f"{name}_s"] = min(t[f"{name}_s"], time.perf_counter() - s)
     for name in ("nnsight", "lens"):
         t[f"{name}/hooks"] = t[f"{name}_s"] / t["hooks_s"]
@@ -95,11 +101,23 @@ def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, floa
         runs["a_bare"].append(time.perf_counter() - s)
         with tempfile.TemporaryDirectory() as cache:
             s = time.perf_counter()
-            capture(lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens)
+            capture(
+                lm,
+                texts,
+                layers,
+                pooling=parse_pooling("mean_after:1"),
+                cache_dir=cache,
+                max_batch_tokens=max_batch_tokens,
+            )
             runs["c_cold"].append(time.perf_counter() - s)
             s = time.perf_counter()
             warm = capture(
-                lm, texts, layers, pooling="mean_after:1", cache_dir=cache, max_batch_tokens=max_batch_tokens
+                lm,
+                texts,
+                layers,
+                pooling=parse_pooling("mean_after:1"),
+                cache_dir=cache,
+                max_batch_tokens=max_batch_tokens,
             )
             runs["d_warm"].append(time.perf_counter() - s)
             assert warm.stats["n_computed"] == 0

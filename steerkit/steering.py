@@ -1,34 +1,67 @@
 """Steering and reading with concept vectors: context managers around forward and generate.
 
-`steer(model, vectors, {"calm": 4.0}, layer=L)` adds sum_c alpha_c * v_c to block L's output at
-every position of every forward call (prompt and each generated token; recurrent generation
-calls the block once per token, and so does the hook).
-    scale="absolute": v_c is the raw diff-of-means vector (unit vector x its stored norm), so
-        alpha = 1 adds exactly the mean difference between positives and negatives;
-    scale="relative": v_c is the unit vector times the hidden-state norm at that position, so
-        alpha = 0.1 adds a tenth of the local residual norm.
+`steer(lm, vectors, {"calm": 4.0}, layers=[15])` changes each listed block's output at every
+position of every forward call (prompt and each generated token; recurrent generation calls the
+block once per token, and so does the hook). Modes:
+    add:             h <- h + sum_c alpha_c * v_c
+    project_out:     h <- h - P h, P the orthogonal projector onto span{u_c} of the named concepts
+                     (their alphas are ignored): the directional ablation of Arditi et al. 2024
+    ablate_then_add: h <- (h - P h) + sum_c alpha_c * v_c: the component along the concepts is
+                     first removed, then set by the alphas
+Scales of v_c:
+    absolute: v_c is the raw diff-of-means vector (unit vector x its stored norm), so alpha = 1
+        adds exactly the mean difference between positives and negatives;
+    relative: v_c is the unit vector times the hidden-state norm at that position (after the
+        ablation in ablate_then_add), so alpha = 0.1 adds a tenth of the local residual norm.
 The change is exact in the residual stream the next block reads (RWKV's eval-time rescaling is
-accounted for through the adapter). Hooks are removed on exit, also on exceptions.
+accounted for through the adapter). Hooks are removed on exit, also on exceptions. Directions are
+moved to each block's own device and dtype (models sharded over devices work).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 
+from .capture.forward import StopForward
 from .models.adapters import Adapter, adapter_for
 from .vectors.readout import ConceptVectors
 
 Scale = Literal["absolute", "relative"]
+Mode = Literal["add", "project_out", "ablate_then_add"]
+SCALES: tuple[Scale, ...] = ("absolute", "relative")
+MODES: tuple[Mode, ...] = ("add", "project_out", "ablate_then_add")
+
+
+def model_and_adapter(lm: Any, adapter: Adapter | None = None) -> tuple[Any, Adapter]:
+    """(model, adapter) from a LoadedModel, or from a bare Hugging Face model."""
+    if hasattr(lm, "model") and hasattr(lm, "adapter"):
+        return lm.model, adapter or lm.adapter
+    return lm, adapter or adapter_for(lm)
+
+
+def resolve_weights(vectors: ConceptVectors, weights: Mapping[str, float] | float) -> dict[str, float]:
+    """A bare number is the strength of a single-concept set (e.g. `vecs["calm"] - vecs["sad"]`)."""
+    if isinstance(weights, int | float):
+        if len(vectors.concepts) != 1:
+            raise ValueError(
+                f"a bare strength needs a single-concept vector set; this one has {len(vectors.concepts)}: "
+                "pass {name: alpha}"
+            )
+        return {vectors.concepts[0]: float(weights)}
+    out = {str(k): float(v) for k, v in weights.items()}
+    for name in out:
+        vectors.index(name)
+    return out
 
 
 def steering_direction(vectors: ConceptVectors, weights: Mapping[str, float], layer: int, scale: Scale) -> torch.Tensor:
     """(hidden,) sum_c alpha_c * v_c, with v_c raw (absolute) or unit (relative)."""
-    if scale not in ("absolute", "relative"):
-        raise ValueError(f"scale must be 'absolute' or 'relative', got {scale!r}")
+    if scale not in SCALES:
+        raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     vectors.check_layer(layer)
     total = torch.zeros(vectors.hidden_size)
     for concept, alpha in weights.items():
@@ -36,41 +69,79 @@ def steering_direction(vectors: ConceptVectors, weights: Mapping[str, float], la
     return total
 
 
-def _delta(hidden: torch.Tensor, direction: torch.Tensor, scale: Scale) -> torch.Tensor:
-    d = direction.to(hidden.device, hidden.dtype)
+def concept_basis(vectors: ConceptVectors, concepts: Sequence[str], layer: int) -> torch.Tensor:
+    """(k, hidden) orthonormal rows spanning the named concepts' unit vectors at `layer`."""
+    u = torch.stack([vectors.vector(c, layer) for c in concepts])  # (k, hidden)
+    q, r = torch.linalg.qr(u.double().t())  # (hidden, k)
+    keep = r.diagonal().abs() > 1e-8 * max(1.0, float(r.diagonal().abs().max()))
+    return q.t()[keep].float()
+
+
+def edit_hidden(
+    seen: torch.Tensor, direction: torch.Tensor, basis: torch.Tensor | None, scale: Scale, mode: Mode
+) -> torch.Tensor:
+    """The steered residual (batch, seq, hidden) from the residual the next block reads.
+    direction (hidden,): sum_c alpha_c v_c; basis (k, hidden) orthonormal, or None."""
+    h = seen
+    if mode != "add" and basis is not None:
+        b = basis.to(h.device, h.dtype)
+        h = h - (h @ b.t()) @ b  # remove the span of the concepts
+    if mode == "project_out":
+        return h
+    d = direction.to(h.device, h.dtype)
     if scale == "relative":
-        return hidden.norm(dim=-1, keepdim=True) * d  # (batch, seq, hidden)
-    return d.expand_as(hidden)
+        return h + h.norm(dim=-1, keepdim=True) * d
+    return h + d
 
 
 @contextmanager
 def steer(
-    model: Any,
+    lm: Any,
     vectors: ConceptVectors,
-    weights: Mapping[str, float],
-    layer: int,
+    weights: Mapping[str, float] | float,
+    layers: int | Sequence[int],
     *,
     scale: Scale = "absolute",
+    mode: Mode = "add",
     adapter: Adapter | None = None,
-) -> Iterator[dict[str, int]]:
-    """Add the weighted concept vectors to block `layer`'s output inside the `with` block.
-    Yields a dict whose 'calls' counts how often the hook fired."""
-    adapter = adapter or adapter_for(model)
-    direction = steering_direction(vectors, weights, layer, scale)
-    state = {"calls": 0}
+) -> Iterator[dict[str, Any]]:
+    """Steer blocks `layers` of `lm` (a LoadedModel, or a bare HF model) inside the `with` block.
+    Yields a dict: 'calls' (hook calls over all layers) and 'per_layer' {layer: calls}."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    model, adapter = model_and_adapter(lm, adapter)
+    chosen = [layers] if isinstance(layers, int) else list(dict.fromkeys(int(x) for x in layers))
+    if not chosen:
+        raise ValueError("steer needs at least one layer")
+    w = resolve_weights(vectors, weights)
+    blocks = adapter.blocks(model)
+    state: dict[str, Any] = {"calls": 0, "per_layer": dict.fromkeys(chosen, 0)}
+    handles = []
 
-    def hook(mod: torch.nn.Module, args: Any, output: Any) -> Any:
-        state["calls"] += 1
-        hidden = adapter.get_hidden(output)
-        factor = adapter.output_scale(model, layer)  # the next block reads hidden * factor
-        seen = hidden * factor
-        return adapter.replace_hidden(output, hidden + _delta(seen, direction, scale) / factor)
+    def make_hook(layer: int) -> Any:
+        direction = steering_direction(vectors, w, layer, scale)
+        basis = concept_basis(vectors, list(w), layer) if mode != "add" and w else None
 
-    handle = adapter.blocks(model)[layer].register_forward_hook(hook)
+        def hook(mod: torch.nn.Module, args: Any, output: Any) -> Any:
+            state["calls"] += 1
+            state["per_layer"][layer] += 1
+            hidden = adapter.get_hidden(output)
+            factor = adapter.output_scale(model, layer)  # the next block reads hidden * factor
+            new = edit_hidden(hidden * factor, direction, basis, scale, mode)
+            return adapter.replace_hidden(output, new / factor if factor != 1.0 else new)
+
+        return hook
+
     try:
+        for layer in chosen:
+            if not 0 <= layer < len(blocks):
+                raise ValueError(f"layer {layer} out of range: the model has {len(blocks)} blocks")
+            hook = make_hook(layer)  # validates the layer against the vectors first
+            handles.append(blocks[layer].register_forward_hook(hook))
         yield state
     finally:
-        handle.remove()
+        for handle in handles:
+            handle.remove()
 
 
 def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict[str, Any]:
@@ -78,25 +149,24 @@ def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict
 
     Returns tokens (list[str]), scores (n_tokens, n_concepts) and pooled (n_concepts,): the
     scores of the hidden states pooled as the readout was made (e.g. mean_after:1)."""
-    from .capture.engine import _StopForward
     from .capture.pooling import parse_pooling, pool
 
     vectors.check_layer(layer)
     adapter, model = lm.adapter, lm.model
     enc = lm.tokenizer(text, return_tensors="pt")
-    ids = enc.input_ids.to(next(model.parameters()).device)
+    ids = enc.input_ids.to(adapter.input_device(model))
     got: dict[str, torch.Tensor] = {}
 
     def hook(mod: torch.nn.Module, args: Any, output: Any) -> None:
         got["h"] = adapter.read_hidden(model, layer, output)[0].float().cpu()
-        raise _StopForward
+        raise StopForward
 
     handle = adapter.blocks(model)[layer].register_forward_hook(hook)
     try:
         with torch.inference_mode():
             try:
                 adapter.base_model(model)(input_ids=ids, use_cache=False)
-            except _StopForward:
+            except StopForward:
                 pass
     finally:
         handle.remove()

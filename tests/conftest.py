@@ -40,6 +40,23 @@ def tiny_tok():
 
 
 @pytest.fixture(scope="session")
+def tiny_dir_factory(tmp_path_factory, tiny_tok):
+    """(family, seed=0) -> a folder holding that tiny random model and the tiny tokenizer, as a user's
+    local checkpoint would (saved once per session; tests must not write into it)."""
+    cache: dict[tuple[str, int], Path] = {}
+
+    def make(family: str, seed: int = 0) -> Path:
+        if (family, seed) not in cache:
+            d = tmp_path_factory.mktemp("models") / f"tiny-{family}-{seed}"
+            tiny_models.build(family, seed=seed).save_pretrained(d)
+            tiny_tok.save_pretrained(d)
+            cache[(family, seed)] = d
+        return cache[(family, seed)]
+
+    return make
+
+
+@pytest.fixture(scope="session")
 def tiny_lm_factory(tiny_tok):
     """family -> LoadedModel wrapping a fresh tiny random model (cached per session)."""
     from steerkit.models import from_model

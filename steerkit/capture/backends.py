@@ -2,23 +2,21 @@
 
 They are cross-checks and a door for users of those ecosystems; the default `hooks` backend is
 the fastest (the wrappers trace the same forward pass and, here, run the whole model). Each
-runner has the signature of `engine._run_batch` and returns pooled (site, layer) -> tensor.
+runner implements `forward.Runner` and returns pooled (site, layer) -> tensor.
 """
 
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
 from typing import Any
 
 import torch
 
 from ..errors import SteerkitError
 from ..models.adapters import Adapter
-from .engine import forward_inputs
+from .forward import Batch, Pooled, Runner, Wanted
 from .pooling import Pooling, pool
 
-Runner = Callable[..., dict[tuple[str, int], torch.Tensor]]
 Unsupported = dict[tuple[str, int], str]  # (site, layer) -> why this backend cannot read it
 BACKENDS = ("hooks", "nnsight", "lens")
 
@@ -26,12 +24,12 @@ BACKENDS = ("hooks", "nnsight", "lens")
 def make_runner(
     backend: str, model: torch.nn.Module, tokenizer: Any, adapter: Adapter
 ) -> tuple[Runner | None, Unsupported]:
-    """The runner for `backend` ('hooks' -> None: the engine's own `_run_batch`) and the sites it
+    """The runner for `backend` ('hooks' -> None: the engine's own `hooks_runner`) and the sites it
     cannot read (the engine lists them as skipped with the reason)."""
     if backend not in BACKENDS:
         raise ValueError(f"invalid backend {backend!r}; valid: {', '.join(BACKENDS)}")
     if backend == "nnsight":
-        return nnsight_runner(model, tokenizer), {}
+        return nnsight_runner(model, tokenizer, adapter), {}
     if backend == "lens":
         return lens_runner(model, tokenizer, adapter)
     return None, {}
@@ -46,7 +44,7 @@ def _pool_site(
     mask: torch.Tensor,
     pooling: Pooling,
 ) -> torch.Tensor:
-    """Pool one captured site value the way `engine._run_batch` does (resid: as the next block reads it)."""
+    """Pool one captured site value the way the hooks runner does (resid: as the next block reads it)."""
     if site == "resid":
         h = adapter.get_hidden(value) * adapter.output_scale(model, layer)
     else:
@@ -58,7 +56,7 @@ def _pool_site(
     return p
 
 
-def nnsight_runner(model: torch.nn.Module, tokenizer: Any) -> Runner:
+def nnsight_runner(model: torch.nn.Module, tokenizer: Any, adapter: Adapter) -> Runner:
     """A runner that reads the same sites through an nnsight LanguageModel trace."""
     try:
         from nnsight import LanguageModel
@@ -81,7 +79,7 @@ def nnsight_runner(model: torch.nn.Module, tokenizer: Any) -> Runner:
         return obj
 
     def _trace(
-        inputs: dict[str, torch.Tensor], wanted: list[tuple[str, int]], adapter: Adapter, model: torch.nn.Module
+        inputs: dict[str, torch.Tensor], wanted: Wanted, adapter: Adapter, model: torch.nn.Module
     ) -> dict[tuple[str, int], Any]:
         saved: dict[tuple[str, int], Any] = {}
         order = {"heads": 0, "mlp": 1, "resid": 2}  # nnsight needs sites in execution order
@@ -97,22 +95,11 @@ def nnsight_runner(model: torch.nn.Module, tokenizer: Any) -> Runner:
                     saved[(site, layer)] = envoy(f"{block}.{info.mlp_down}").input.save()
         return saved
 
-    def run(
-        model: torch.nn.Module,
-        base: torch.nn.Module,
-        adapter: Adapter,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        wanted: list[tuple[str, int]],
-        last_layer: int,
-        pooling: Pooling,
-        left: bool,
-    ) -> dict[tuple[str, int], torch.Tensor]:
-        inputs = {"input_ids": ids, **forward_inputs(ids, mask, left)}
+    def run(batch: Batch, wanted: Wanted, last_layer: int, pooling: Pooling) -> Pooled:
         with warnings.catch_warnings():  # nnsight warns about submodules named `output` (RWKV)
             warnings.simplefilter("ignore", UserWarning)
-            saved = _trace(inputs, wanted, adapter, model)
-        return {w: _pool_site(v, w[0], w[1], model, adapter, mask, pooling) for w, v in saved.items()}
+            saved = _trace(batch.inputs(), wanted, adapter, model)
+        return {w: _pool_site(v, w[0], w[1], model, adapter, batch.mask, pooling) for w, v in saved.items()}
 
     return run
 
@@ -205,19 +192,10 @@ def lens_runner(model: torch.nn.Module, tokenizer: Any, adapter: Adapter) -> tup
         else:
             hook_names[(site, layer)] = name
 
-    def run(
-        model: torch.nn.Module,
-        base: torch.nn.Module,
-        adapter: Adapter,
-        ids: torch.Tensor,
-        mask: torch.Tensor,
-        wanted: list[tuple[str, int]],
-        last_layer: int,
-        pooling: Pooling,
-        left: bool,
-    ) -> dict[tuple[str, int], torch.Tensor]:
+    def run(batch: Batch, wanted: Wanted, last_layer: int, pooling: Pooling) -> Pooled:
         by_name = {hook_names[w]: w for w in wanted}
-        kwargs: dict[str, Any] = dict(forward_inputs(ids, mask, left))
+        kwargs: dict[str, Any] = batch.inputs()
+        ids, mask = kwargs.pop("input_ids"), batch.mask
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             _, cache = bridge.run_with_cache(

@@ -24,16 +24,12 @@ import torch
 from ..models.adapters import Adapter
 from ..models.loading import LoadedModel
 from .cache import ActivationCache, entry, key
-from .layers import parse_layers
-from .pooling import Pooling, make_pooler, parse_pooling
+from .forward import Batch, Pooled, Runner, StopForward, Wanted, pad
+from .layers import check_blocks
+from .pooling import LAST, Pooling, make_pooler
 
 log = logging.getLogger(__name__)
-Site = Literal["resid", "heads", "mlp"]
 SITES: tuple[str, ...] = ("resid", "heads", "mlp")
-
-
-class _StopForward(Exception):
-    """Raised from the last needed block's hook to skip the rest of the model."""
 
 
 @dataclass
@@ -78,41 +74,13 @@ def make_batches(lengths: Sequence[int], max_batch_tokens: int, max_batch_size: 
     return batches
 
 
-def _pad(seqs: list[list[int]], pad_id: int, side: str) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        if side == "right":
-            ids[r, : len(s)] = torch.tensor(s)
-            mask[r, : len(s)] = 1
-        else:
-            ids[r, t - len(s) :] = torch.tensor(s)
-            mask[r, t - len(s) :] = 1
-    return ids, mask
-
-
-def forward_inputs(ids: torch.Tensor, mask: torch.Tensor, left: bool) -> dict[str, torch.Tensor]:
-    """attention_mask (on the ids' device) and, for left padding, explicit position ids (real
-    tokens count from 0 whatever the padding), as every backend passes them to the model."""
-    out = {"attention_mask": mask.to(ids.device)}
-    if left:
-        out["position_ids"] = (torch.cumsum(mask, 1) - 1).clamp(min=0).to(ids.device)
-    return out
-
-
-def _input_device(model: Any, adapter: Adapter) -> torch.device:
-    emb: Any = model.get_input_embeddings()
-    return emb.weight.device if emb is not None else next(model.parameters()).device
-
-
 def capture(
     lm: LoadedModel,
     texts: Sequence[str],
-    layers: str | int | float | Sequence[int | float | str] = -1,
+    layers: Sequence[int],
     *,
     sites: Sequence[str] = ("resid",),
-    pooling: str | Pooling = "last",
+    pooling: Pooling = LAST,
     max_batch_tokens: int = 1024,
     max_tokens: int | None = None,
     padding_side: Literal["right", "left"] = "right",
@@ -121,8 +89,10 @@ def capture(
     progress: Callable[[int, int], None] | None = None,
     backend: str = "hooks",
 ) -> CaptureResult:
-    """Capture pooled activations of `texts` at `layers` and `sites` (see CaptureResult).
+    """Capture pooled activations of `texts` at blocks `layers` and `sites` (see CaptureResult).
 
+    layers: block indices (negative counts from the end), already parsed (`parse_layers` for specs).
+    pooling: a parsed `Pooling` (`parse_pooling("mean_after:1")` for specs).
     max_batch_tokens: padded tokens per batch (batch size x longest text).
     max_tokens: truncate texts to this many tokens (default: no truncation); part of the cache key.
     padding_side: 'left' is honoured only for non-recurrent families (with explicit position ids);
@@ -136,134 +106,197 @@ def capture(
         TransformerBridge booted on a copy of the model); same batches, same numbers.
     """
     t0 = time.perf_counter()
-    model, adapter, tok = lm.model, lm.adapter, lm.tokenizer
-    n_blocks = adapter.n_blocks(model)
-    layer_list = parse_layers(layers, n_blocks)
-    bad = [s for s in sites if s not in SITES]
-    if bad or not sites:
-        raise ValueError(f"invalid site(s) {bad or sites}; valid: {', '.join(SITES)}")
-    pool_spec = parse_pooling(pooling)
+    model, adapter = lm.model, lm.adapter
+    layer_list = check_blocks(layers, adapter.n_blocks(model))
+    check_sites(sites)
+    if not isinstance(pooling, Pooling):
+        raise TypeError(f"pooling must be a Pooling (parse_pooling({pooling!r})), got {type(pooling).__name__}")
+    check_max_tokens(max_tokens)
     if padding_side not in ("right", "left"):
         raise ValueError(f"padding_side must be 'right' or 'left', got {padding_side!r}")
     if padding_side == "left" and adapter.recurrent:
         log.info("%s is recurrent: padding on the right (exact) instead of the left", adapter.family)
         padding_side = "right"
-
     from .backends import make_runner
 
-    runner, unsupported = make_runner(backend, model, tok, adapter)
-    result = CaptureResult(layers=layer_list, sites=tuple(sites), pooling=pool_spec.name)
-    wanted: list[tuple[str, int]] = []
-    for site in sites:
-        for layer in layer_list:
-            info = adapter.block_info(model, layer)
-            if site == "heads" and not info.n_heads:
-                result.skipped[(site, layer)] = f"block {layer} ({info.kind}) has no heads"
-            elif site == "mlp" and info.mlp_down is None:
-                result.skipped[(site, layer)] = f"block {layer}: {info.no_mlp_reason or 'no MLP'}"
-            elif (site, layer) in unsupported:
-                result.skipped[(site, layer)] = unsupported[(site, layer)]
-            else:
-                wanted.append((site, layer))
-
+    runner, unsupported = make_runner(backend, model, lm.tokenizer, adapter)
+    result = CaptureResult(layers=layer_list, sites=tuple(sites), pooling=pooling.name)
+    wanted = _plan_sites(lm, sites, layer_list, unsupported, result.skipped)
     uniq: dict[str, int] = {}
     for t in texts:
         uniq.setdefault(t, len(uniq))
     utexts = list(uniq)
     shas = [text_sha(t) for t in utexts]
-    if max_tokens is not None and max_tokens < 1:
-        raise ValueError(f"max_tokens must be >= 1 (or None for no truncation), got {max_tokens}")
     if cache_dir and backend != "hooks":
         log.info("the %s backend is a cross-check: it computes every text, the activation cache is not used", backend)
         cache_dir = None
-    variant = pool_spec.name + (f"@{max_tokens}" if max_tokens else "")  # what the cache keys call pooling
+    variant = pooling.name + (f"@{max_tokens}" if max_tokens else "")  # what the cache keys call pooling
     cache = ActivationCache(cache_dir, lm.info["fingerprint"], cache_flush_seconds) if cache_dir else None
-    values: dict[tuple[str, int], list[torch.Tensor | None]] = {w: [None] * len(utexts) for w in wanted}
-    todo: list[int] = []
-    for u, sha in enumerate(shas):
-        hit = cache is not None and all(cache.has(key(sha, s, variant, lay)) for s, lay in wanted)
-        if hit:
-            got = [cache.get(key(sha, s, variant, lay)) for s, lay in wanted]  # type: ignore[union-attr]
-            if all(g is not None for g in got):
-                for w, g in zip(wanted, got, strict=True):
-                    values[w][u] = g
-                continue
-        todo.append(u)
-
-    encoded = list(tok([utexts[u] for u in todo], add_special_tokens=True).input_ids) if todo else []
-    if max_tokens:
-        encoded = [e[:max_tokens] for e in encoded]
-    if any(len(e) == 0 for e in encoded):
-        raise ValueError("a text tokenizes to zero tokens; remove empty texts")
-    batches = make_batches([len(e) for e in encoded], max_batch_tokens)
-    n_tokens = sum(len(e) for e in encoded)
-    done = len(utexts) - len(todo)
-    if progress:
-        progress(done, len(utexts))
-    if wanted and todo:
-        last_layer = max(lay for _, lay in wanted)
-        dev = _input_device(model, adapter)
-        base = adapter.base_model(model)
-        run = runner or _run_batch
-        try:
-            for batch in batches:
-                ids, mask = _pad([encoded[i] for i in batch], int(tok.pad_token_id), padding_side)
-                pooled = run(
-                    model, base, adapter, ids.to(dev), mask, wanted, last_layer, pool_spec, padding_side == "left"
-                )
-                for w, val in pooled.items():
-                    for r, i in enumerate(batch):
-                        values[w][todo[i]] = val[r]
-                if cache is not None:
-                    cache.put_rows(
-                        [shas[todo[i]] for i in batch],
-                        {entry(site, variant, layer): val for (site, layer), val in pooled.items()},
-                    )
-                done += len(batch)
-                if progress:
-                    progress(done, len(utexts))
-        finally:  # an interrupted capture keeps what it computed
-            if cache is not None:
-                cache.flush()
-
+    values, todo = _from_cache(cache, shas, wanted, variant)
+    job = _Job(lm, runner, wanted, pooling, padding_side, cache, variant)
+    stats = job.run([utexts[u] for u in todo], [shas[u] for u in todo], max_tokens, max_batch_tokens, progress,
+                    len(utexts) - len(todo), len(utexts))  # fmt: skip
+    for w, rows_of in job.values.items():
+        for r, val in enumerate(rows_of):
+            values[w][todo[r]] = val
     rows = [uniq[t] for t in texts]
     for (site, layer), vals in values.items():
-        stacked = torch.stack([v for v in vals if v is not None]) if all(v is not None for v in vals) else None
-        assert stacked is not None
-        result.site(site)[layer] = stacked[rows]
+        if any(v is None for v in vals):
+            raise RuntimeError(f"capture lost the {site} values of block {layer} for some texts")
+        result.site(site)[layer] = torch.stack(vals)[rows]  # type: ignore[arg-type]
     result.stats = {
         "n_texts": len(texts),
         "n_unique": len(utexts),
         "n_cached": len(utexts) - len(todo),
         "n_computed": len(todo),
-        "n_batches": len(batches),
-        "tokens": n_tokens,
+        **stats,
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return result
+
+
+def check_sites(sites: Sequence[str], what: str = "site(s)") -> None:
+    """The one validation of capture sites (the CLI calls it before loading a model, what='--site')."""
+    bad = [s for s in sites if s not in SITES]
+    if bad or not sites:
+        raise ValueError(f"invalid {what} {','.join(bad) or '(none)'}; valid: {', '.join(SITES)}")
+
+
+def check_max_tokens(max_tokens: int | None) -> None:
+    """The one validation of the truncation length (the CLI calls it before loading a model)."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or max_tokens < 1):
+        raise ValueError(f"max_tokens must be >= 1 (or None for no truncation), got {max_tokens}")
+
+
+def _plan_sites(
+    lm: LoadedModel,
+    sites: Sequence[str],
+    layers: list[int],
+    unsupported: dict[tuple[str, int], str],
+    skipped: dict[tuple[str, int], str],
+) -> Wanted:
+    """The (site, layer) pairs to read; those a block lacks go to `skipped` with the reason."""
+    wanted: Wanted = []
+    for site in sites:
+        for layer in layers:
+            info = lm.adapter.block_info(lm.model, layer)
+            if site == "heads" and not info.n_heads:
+                skipped[(site, layer)] = f"block {layer} ({info.kind}) has no heads"
+            elif site == "mlp" and info.mlp_down is None:
+                skipped[(site, layer)] = f"block {layer}: {info.no_mlp_reason or 'no MLP'}"
+            elif (site, layer) in unsupported:
+                skipped[(site, layer)] = unsupported[(site, layer)]
+            else:
+                wanted.append((site, layer))
+    return wanted
+
+
+def _from_cache(
+    cache: ActivationCache | None, shas: list[str], wanted: Wanted, variant: str
+) -> tuple[dict[tuple[str, int], list[torch.Tensor | None]], list[int]]:
+    """Values found in the cache (None where missing) and the unique texts still to compute."""
+    values: dict[tuple[str, int], list[torch.Tensor | None]] = {w: [None] * len(shas) for w in wanted}
+    todo: list[int] = []
+    for u, sha in enumerate(shas):
+        if cache is not None and all(cache.has(key(sha, s, variant, lay)) for s, lay in wanted):
+            got = [cache.get(key(sha, s, variant, lay)) for s, lay in wanted]
+            if all(g is not None for g in got):
+                for w, g in zip(wanted, got, strict=True):
+                    values[w][u] = g
+                continue
+        todo.append(u)
+    return values, todo
+
+
+@dataclass
+class _Job:
+    """The texts still to compute: tokenized, batched, run through the backend, cached as they come."""
+
+    lm: LoadedModel
+    runner: Runner | None
+    wanted: Wanted
+    pooling: Pooling
+    padding_side: Literal["right", "left"]
+    cache: ActivationCache | None
+    variant: str
+    values: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict)
+
+    def run(
+        self,
+        texts: list[str],
+        shas: list[str],
+        max_tokens: int | None,
+        max_batch_tokens: int,
+        progress: Callable[[int, int], None] | None,
+        done: int,
+        total: int,
+    ) -> dict[str, int]:
+        tok, model, adapter = self.lm.tokenizer, self.lm.model, self.lm.adapter
+        encoded = list(tok(texts, add_special_tokens=True).input_ids) if texts else []
+        if max_tokens:
+            encoded = [e[:max_tokens] for e in encoded]
+        if any(len(e) == 0 for e in encoded):
+            raise ValueError("a text tokenizes to zero tokens; remove empty texts")
+        batches = make_batches([len(e) for e in encoded], max_batch_tokens)
+        self.values = {w: [torch.empty(0)] * len(texts) for w in self.wanted}
+        if progress:
+            progress(done, total)
+        if self.wanted and texts:
+            last_layer = max(lay for _, lay in self.wanted)
+            run = self.runner or hooks_runner(model, adapter)
+            dev = adapter.input_device(model)
+            try:
+                for batch in batches:
+                    ids, mask = pad([encoded[i] for i in batch], int(tok.pad_token_id), self.padding_side)
+                    pooled = run(Batch(ids.to(dev), mask, self.padding_side == "left"), self.wanted, last_layer,
+                                 self.pooling)  # fmt: skip
+                    for w, val in pooled.items():
+                        for r, i in enumerate(batch):
+                            self.values[w][i] = val[r]
+                    if self.cache is not None:
+                        self.cache.put_rows(
+                            [shas[i] for i in batch],
+                            {entry(site, self.variant, layer): val for (site, layer), val in pooled.items()},
+                        )
+                    done += len(batch)
+                    if progress:
+                        progress(done, total)
+            finally:  # an interrupted capture keeps what it computed
+                if self.cache is not None:
+                    self.cache.flush()
+        return {"n_batches": len(batches), "tokens": sum(len(e) for e in encoded)}
+
+
+def hooks_runner(model: torch.nn.Module, adapter: Adapter) -> Runner:
+    """The default backend: plain forward hooks on the base model (no LM head), early stop."""
+    base = adapter.base_model(model)
+
+    def run(batch: Batch, wanted: Wanted, last_layer: int, pooling: Pooling) -> Pooled:
+        return _run_batch(model, base, adapter, batch, wanted, last_layer, pooling)
+
+    return run
 
 
 def _run_batch(
     model: torch.nn.Module,
     base: torch.nn.Module,
     adapter: Adapter,
-    ids: torch.Tensor,
-    mask: torch.Tensor,
-    wanted: list[tuple[str, int]],
+    batch: Batch,
+    wanted: Wanted,
     last_layer: int,
     pooling: Pooling,
-    left: bool,
-) -> dict[tuple[str, int], torch.Tensor]:
+) -> Pooled:
     """One forward of the base model, pooling each wanted site in its hook. The forward stops as
     soon as every wanted site of `last_layer` has fired: after that block's output, or earlier
     inside it when only its heads / MLP input are wanted (the rest of the block never runs)."""
-    out: dict[tuple[str, int], torch.Tensor] = {}
+    out: Pooled = {}
     handles = []
     blocks = adapter.blocks(model)
+    mask = batch.mask
 
     def stop_if_done(layer: int) -> None:
         if layer == last_layer and last_sites <= out.keys():
-            raise _StopForward
+            raise StopForward
 
     def block_hook(layer: int) -> Callable[..., None]:
         def hook(mod: torch.nn.Module, args: Any, output: Any) -> None:
@@ -298,11 +331,10 @@ def _run_batch(
                 handles.append(mod.register_forward_pre_hook(input_hook(site, layer, None)))
         for layer in sorted({lay for _, lay in wanted}):
             handles.append(blocks[layer].register_forward_hook(block_hook(layer)))
-        kwargs = forward_inputs(ids, mask, left)
         with torch.inference_mode():
             try:
-                base(input_ids=ids, use_cache=False, **kwargs)
-            except _StopForward:
+                base(use_cache=False, **batch.inputs())
+            except StopForward:
                 pass
     finally:
         for h in handles:

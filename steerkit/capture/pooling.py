@@ -21,7 +21,12 @@ class Pooling:
         return f"mean_after:{self.skip}" if self.kind == "mean_after" else self.kind
 
 
+LAST = Pooling("last")
+MEAN = Pooling("mean")
+
+
 def parse_pooling(spec: str | Pooling) -> Pooling:
+    """The one parser of pooling specs: `last`, `mean`, `mean_after:N` (N >= 0)."""
     if isinstance(spec, Pooling):
         return spec
     s = spec.strip().lower()

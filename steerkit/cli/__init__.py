@@ -24,6 +24,15 @@ class _Group(click.Group):
                 raise
             click.echo(f"error: {e}", err=True)
             sys.exit(2)
+        except click.UsageError as e:  # a bad option value: one line too, naming the help
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            cmd = e.ctx.command_path if e.ctx is not None else ctx.command_path
+            from .common import OptionError
+
+            msg = e.message if isinstance(e, OptionError) else e.format_message()
+            click.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: completed work is cached; run the same command again to resume", err=True)
             sys.exit(130)

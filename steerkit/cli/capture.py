@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
-from .common import model_options
+from .common import BLOCKS, POOLING, SITES, model_options
 from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from ..capture import BlockSpec, Pooling
 
 
 @main.command()
@@ -21,9 +25,13 @@ from .progress import progress_bar
     type=click.Path(),
     help="A .txt (--- separated, else one per line) or .jsonl file, or a folder of them.",
 )
-@click.option("--layers", default="-1", show_default=True, help="e.g. 12 | -1 | 0.5 | 4:10 | all (comma-separated).")
-@click.option("--site", "sites", default="resid", show_default=True, help="Comma-separated: resid, heads, mlp.")
-@click.option("--pooling", default="last", show_default=True, help="last | mean | mean_after:N.")
+@click.option(
+    "--layers", type=BLOCKS, default="-1", show_default=True, help="e.g. 12 | -1 | 0.5 | 4:10 | all (comma-separated)."
+)
+@click.option(
+    "--site", "sites", type=SITES, default="resid", show_default=True, help="Comma-separated: resid, heads, mlp."
+)
+@click.option("--pooling", type=POOLING, default="last", show_default=True, help="last | mean | mean_after:N.")
 @click.option(
     "--max-batch-tokens",
     default=1024,
@@ -54,9 +62,9 @@ def capture(
     dtype: str | None,
     device: str,
     texts_path: str,
-    layers: str,
-    sites: str,
-    pooling: str,
+    layers: BlockSpec,
+    sites: tuple[str, ...],
+    pooling: Pooling,
     max_batch_tokens: int,
     max_tokens: int | None,
     cache_dir: str | None,
@@ -66,31 +74,26 @@ def capture(
     allow_untrained: bool,
 ) -> None:
     """Capture pooled activations of texts into OUT/activations.safetensors + OUT/capture.json."""
-    from ..capture import SITES, depth_label, parse_layers, parse_pooling
     from ..capture import capture as run_capture
+    from ..capture import check_max_tokens, depth_label
     from ..errors import SteerkitError
     from ..io import atomic_save_safetensors, atomic_write_bytes
     from ..models import load, preflight
     from ..models.zoo import cache_root
     from ..textio import read_texts
 
-    site_list = tuple(s.strip() for s in sites.split(",") if s.strip())
-    bad = [s for s in site_list if s not in SITES]
-    if bad or not site_list:
-        raise SteerkitError(f"invalid --site {','.join(bad) if bad else repr(sites)}; valid: {', '.join(SITES)}")
+    site_list = sites
     try:
-        parse_pooling(pooling)
+        check_max_tokens(max_tokens)
     except ValueError as e:
-        raise SteerkitError(str(e)) from e
-    if max_tokens is not None and max_tokens < 1:
-        raise SteerkitError(f"--max-tokens must be at least 1, got {max_tokens}; leave it out to keep whole texts")
+        raise SteerkitError(f"--max-tokens: {e}; leave it out to keep whole texts") from e
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise SteerkitError(f"--out {out} is a file; choose a folder")
     items = read_texts(texts_path)
     lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     n = lm.adapter.n_blocks(lm.model)
-    layer_list = parse_layers(layers, n)
+    layer_list = layers.resolve(n)
     if not no_preflight:
         preflight.check(lm, allow_untrained=allow_untrained)
     for layer in layer_list:

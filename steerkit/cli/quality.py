@@ -90,12 +90,20 @@ def _recapture(run_dir: Path, model: str) -> None:
             f"--model {model} is not the model this run was extracted with ({want.get('spec')}, "
             f"fingerprint {want['fingerprint']}; got {lm.info['fingerprint']}); pass --model {want.get('spec')}"
         )
-    res = capture(lm, [t.text for t in corpus.texts], cv.layers, sites=("resid", "heads"), pooling=cv.meta["pooling"])
-    tensors = {f"resid.layer_{la}": v for la, v in res.resid.items()}
-    tensors.update({f"heads.layer_{la}": v for la, v in res.heads.items()})
+    from ..capture import parse_pooling
+    from ..vectors.methods import get_method
+
+    texts = [t.text for t in corpus.texts]
+    neutral = [t.text for t in corpus.neutral] if get_method(str(cv.meta.get("method", "caa"))).needs_neutral else []
+    res = capture(lm, texts + neutral, cv.layers, sites=("resid", "heads"), pooling=parse_pooling(cv.meta["pooling"]))
+    n = len(texts)
+    tensors = {f"resid.layer_{la}": v[:n].contiguous() for la, v in res.resid.items()}
+    tensors.update({f"heads.layer_{la}": v[:n].contiguous() for la, v in res.heads.items()})
+    if neutral:  # the centered method's held-out rebuild needs them (without, it silently fell back to CAA)
+        tensors.update({f"neutral.layer_{la}": v[n:].contiguous() for la, v in res.resid.items()})
     atomic_save_safetensors(tensors, run_dir / "activations.safetensors")
-    texts = [
+    meta = [
         {"sha256": t.sha, "concepts": sorted(t.concepts), "sources": [s.__dict__ for s in t.sources]}
         for t in corpus.texts
     ]
-    atomic_write_bytes(run_dir / "texts.json", json.dumps(texts, indent=1).encode())
+    atomic_write_bytes(run_dir / "texts.json", json.dumps(meta, indent=1).encode())

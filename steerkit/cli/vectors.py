@@ -8,11 +8,13 @@ from typing import TYPE_CHECKING
 
 import click
 
+from ..vectors.methods import METHODS
 from . import main
-from .common import console
+from .common import BLOCKS, POOLING, console
 from .progress import progress_bar
 
 if TYPE_CHECKING:
+    from ..capture import BlockSpec, Pooling
     from ..models import LoadedModel
     from ..vectors import ConceptVectors
 
@@ -20,15 +22,19 @@ if TYPE_CHECKING:
 @main.command()
 @click.option("--stories", default="corpora", show_default=True, type=click.Path(), help="Corpus folder.")
 @click.option("--model", "-m", default=None, help="Model spec (default: smollm2-135m).")
-@click.option("--layers", default=None, help="Layers (default: 8 blocks spread over 25%-85% of depth).")
+@click.option(
+    "--layers", type=BLOCKS, default=None, help="Blocks, e.g. 10,15 | 0.5 | 4:-1 (default: 8 spread over 25%-85%)."
+)
 @click.option(
     "--method",
-    type=click.Choice(["caa", "paired", "centered"]),
+    type=click.Choice(list(METHODS)),
     default="caa",
     show_default=True,
-    help="Diff-of-means variant (docs/vectors.md).",
+    help="Vector method: " + "; ".join(f"{m.name}: {m.summary}" for m in METHODS.values()) + " (docs/vectors.md).",
 )
-@click.option("--pooling", default=None, help="last | mean | mean_after:N (default mean_after:1, measured best).")
+@click.option(
+    "--pooling", type=POOLING, default=None, help="last | mean | mean_after:N (default mean_after:1, measured best)."
+)
 @click.option("--out", default=None, type=click.Path(), help="Run folder (default: a new folder under runs/).")
 @click.option(
     "--dtype",
@@ -50,9 +56,9 @@ if TYPE_CHECKING:
 def extract(
     stories: str,
     model: str | None,
-    layers: str | None,
+    layers: BlockSpec | None,
     method: str,
-    pooling: str | None,
+    pooling: Pooling | None,
     out: str | None,
     vec_dtype: str,
     max_batch_tokens: int,
@@ -70,7 +76,7 @@ def extract(
             stories=stories,
             model=model,
             layers=layers,
-            method=method,  # type: ignore[arg-type]
+            method=method,
             pooling=pooling or DEFAULT_POOLING,
             out=out,
             dtype=vec_dtype,
@@ -119,28 +125,39 @@ def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
     return layers[len(layers) // 2]
 
 
-def _check_model(cv: ConceptVectors, lm: LoadedModel, layer: int) -> None:
-    """The vectors must fit the model: same hidden size, and the block `layer` must exist."""
+def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -> None:
+    """The vectors must fit the model: same hidden size, and the blocks must exist."""
     from ..errors import ReadoutError
 
     spec, run_spec = lm.info["spec"], cv.meta.get("model", {}).get("spec", "?")
-    hidden, n_blocks = int(lm.model.get_input_embeddings().weight.shape[1]), lm.adapter.n_blocks(lm.model)
+    hidden, n_blocks = lm.adapter.hidden_size(lm.model), lm.adapter.n_blocks(lm.model)
     if cv.hidden_size != hidden:
         raise ReadoutError(
             f"the vectors have hidden size {cv.hidden_size} but model {spec} has {hidden}; "
             f"pass the run's model (-m {run_spec}) or leave -m out"
         )
-    if not 0 <= layer < n_blocks:
-        raise ReadoutError(
-            f"layer {layer} is not in model {spec}, which has {n_blocks} blocks (0..{n_blocks - 1}); "
-            f"pass the run's model (-m {run_spec}) or leave -m out"
-        )
+    for layer in [layers] if isinstance(layers, int) else layers:
+        if not 0 <= layer < n_blocks:
+            raise ReadoutError(
+                f"layer {layer} is not in model {spec}, which has {n_blocks} blocks (0..{n_blocks - 1}); "
+                f"pass the run's model (-m {run_spec}) or leave -m out"
+            )
 
 
 @main.command()
 @click.option("--vectors", "vectors_dir", required=True, type=click.Path(), help="A run folder from extract.")
 @click.option("--concept", "concepts", multiple=True, help="NAME=ALPHA (repeatable), e.g. calm=4 angry=-2.")
 @click.option("--layer", type=int, default=None, help="Block to steer (default: best_layer, else the middle one).")
+@click.option(
+    "--layers", "layer_spec", type=BLOCKS, default=None, help="Several blocks at once, e.g. 10,15 (instead of --layer)."
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["add", "project_out", "ablate_then_add"]),
+    default="add",
+    show_default=True,
+    help="add: h + alpha v; project_out: remove the concepts' component; ablate_then_add: remove, then add.",
+)
 @click.option("--prompt", required=True, help="Prompt text.")
 @click.option("--max-new-tokens", default=60, show_default=True)
 @click.option(
@@ -158,6 +175,8 @@ def steer(
     vectors_dir: str,
     concepts: tuple[str, ...],
     layer: int | None,
+    layer_spec: BlockSpec | None,
+    mode: str,
     prompt: str,
     max_new_tokens: int,
     scale: str,
@@ -182,11 +201,18 @@ def steer(
     weights = _parse_weights(concepts)
     for name in weights:
         cv.index(name)
-    layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
+    if layer is not None and layer_spec is not None:
+        raise SteerkitError("give --layer or --layers, not both")
+    if layer_spec is not None:
+        layers = layer_spec.resolve(int(cv.meta.get("model", {}).get("n_blocks") or max(cv.layers) + 1))
+        for la in layers:
+            cv.check_layer(la)
+    else:
+        layers = [cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)]
     lm = load(model or cv.meta["model"]["spec"])
-    _check_model(cv, lm, layer)
+    _check_model(cv, lm, layers)
     tok = lm.tokenizer
-    enc = tok(prompt, return_tensors="pt").to(next(lm.model.parameters()).device)
+    enc = tok(prompt, return_tensors="pt").to(lm.adapter.input_device(lm.model))
     if enc.input_ids.shape[1] == 0:
         raise SteerkitError(f"the prompt {prompt!r} has no tokens; pass some text with --prompt")
 
@@ -195,12 +221,14 @@ def steer(
         out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id)
         return tok.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
 
-    with steer_ctx(lm.model, cv, weights, layer, scale=scale, adapter=lm.adapter):  # type: ignore[arg-type]
+    with steer_ctx(lm, cv, weights, layers, scale=scale, mode=mode):  # type: ignore[arg-type]
         steered = generate()
     label = ", ".join(f"{k}={v:g}" for k, v in weights.items())
+    where = f"layer {layers[0]}" if len(layers) == 1 else f"layers {','.join(map(str, layers))}"
     if compare:
-        click.echo(f"--- unsteered (layer {layer})\n{prompt}{generate()}\n")
-    click.echo(f"--- steered {label} ({scale}, layer {layer})\n{prompt}{steered}")
+        click.echo(f"--- unsteered ({where})\n{prompt}{generate()}\n")
+    how = scale if mode == "add" else f"{mode}, {scale}"
+    click.echo(f"--- steered {label} ({how}, {where})\n{prompt}{steered}")
 
 
 @main.command()

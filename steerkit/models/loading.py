@@ -39,6 +39,24 @@ class LoadedModel:
     adapter: Adapter
     info: dict[str, Any] = field(default_factory=dict)
 
+    def generate(self, prompt: str, max_new_tokens: int = 40, *, sample: bool = False, seed: int = 0,
+                 **kwargs: Any) -> str:  # fmt: skip
+        """The continuation of `prompt` (text only, prompt excluded): greedy, or seeded sampling.
+        Steering contexts (`steerkit.steer`) active around the call apply to it."""
+        import torch
+
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        enc = self.tokenizer(prompt, return_tensors="pt").to(self.adapter.input_device(self.model))
+        if enc.input_ids.shape[1] == 0:
+            raise ValueError(f"the prompt {prompt!r} has no tokens")
+        torch.manual_seed(seed)
+        pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        with torch.no_grad():
+            out = self.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=pad,
+                                      **kwargs)  # fmt: skip
+        return str(self.tokenizer.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True))
+
 
 def _resolve(spec: str) -> tuple[str, Path | str, str | None]:
     """(source, location, gguf_file) for a spec, without loading anything."""
@@ -87,6 +105,49 @@ def fingerprint(model: Any, spec: str) -> str:
     return h.hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where and in which dtype a model is loaded: what `--device` and `--dtype` say on every
+    command that loads a model (steerkit/cli/common.py: `device_options`)."""
+
+    device: str = "cpu"
+    dtype: str | None = None  # None: float32
+
+    def __post_init__(self) -> None:
+        if self.dtype is not None and self.dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+
+    def load_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of `load` for this placement."""
+        return {"device": self.device, "dtype": self.dtype}
+
+
+def _dtype_probe(device: str, dtype: str) -> None:
+    """Run the ops a forward pass needs (matmul, softmax, layer norm) in `dtype` on `device`;
+    raises whatever torch raises when the device cannot run that dtype."""
+    import torch
+
+    dt = getattr(torch, dtype)
+    if str(device).startswith("cuda") and dt is torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise RuntimeError("this GPU has no bfloat16 support")
+    x = torch.ones(4, 8, dtype=dt, device=device)
+    y = torch.softmax(x @ x.t(), dim=-1)
+    torch.nn.functional.layer_norm(y, (4,))
+
+
+def check_dtype(device: str, dtype: str | None) -> None:
+    """Raise a one-line ModelLoadError unless `device` can run a forward pass in `dtype`."""
+    if dtype is None or dtype == "float32":
+        return
+    try:
+        _dtype_probe(device, dtype)
+    except Exception as e:
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ModelLoadError(
+            f"device {device!r} cannot run --dtype {dtype} ({reason[:160]}); use --dtype float32 or another device"
+        ) from e
+
+
 def check_device(device: str) -> None:
     """Raise a one-line ModelLoadError unless torch can put a tensor on `device` (before any loading)."""
     import torch
@@ -116,6 +177,7 @@ def load(
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
     if device_map is None:
         check_device(device)
+        check_dtype(device, dtype)
     source, where, gguf_file = _resolve(spec)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -22,7 +22,6 @@ from typing import Any, Literal, get_args
 import torch
 from torch import nn
 
-from ..errors import LayerSpecError
 from .core import PhaseCore, PhaseOutput
 
 CouplingName = Literal["multiplicative", "additive", "gate"]
@@ -121,11 +120,10 @@ def make_coupling(config: CouplingConfig, hidden_size: int, direction: torch.Ten
 
 
 def check_layer(lm: Any, layer: int) -> int:
-    """A block index in range (negative counts from the end)."""
-    n = lm.adapter.n_blocks(lm.model)
-    if not -n <= layer < n:
-        raise LayerSpecError(f"layer {layer} is out of range for a model with {n} blocks (use 0..{n - 1})")
-    return layer % n
+    """A block index in range (negative counts from the end), through the one block checker."""
+    from ..capture.layers import check_blocks
+
+    return check_blocks([layer], lm.adapter.n_blocks(lm.model))[0]
 
 
 class PhaseHook:

@@ -51,13 +51,6 @@ def tone_index(
     return row * 2 + col
 
 
-def tones(
-    r: torch.Tensor, u: torch.Tensor, band: tuple[float, float] = DEFAULT_BAND, u_split: float = 0.5
-) -> list[str]:
-    """Tone labels of the flattened tokens."""
-    return [TONES[i] for i in tone_index(r, u, band, u_split).reshape(-1).tolist()]
-
-
 def drift_action(r: torch.Tensor, band: tuple[float, float] = DEFAULT_BAND) -> torch.Tensor:
     """Index into ACTIONS per token: 0 BRAKE (R > high), 1 COAST, 2 BOOST (R < low). (...) -> (...)."""
     lo, hi = check_band(band)

@@ -259,20 +259,28 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
 
 
 def _method_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
-    """For runs made with `paired` or `centered`, the held-out readout rebuilds vectors with the
-    same method from the training folds; None (plain CAA) otherwise."""
-    from ..vectors import methods
+    """The held-out readout rebuilds vectors with the run's own method (the METHODS registry) from
+    the training folds only; None for CAA (the readout's own batched computation), or when a
+    method's inputs are missing (a centered run without neutral activations falls back to CAA)."""
+    from ..vectors.methods import MethodInputs, get_method
 
-    method, acts = data.vectors.meta.get("method", "caa"), data.resid[layer]
-    if method == "paired":
-        scen_names = sorted({s["scenario"] for t in data.texts for s in t["sources"] if s.get("scenario")})
-        scenario = torch.tensor(
-            [next((scen_names.index(s["scenario"]) for s in t["sources"] if s.get("scenario")), -1) for t in data.texts]
-        )
-        return lambda train: methods.paired(acts, pos & train, ~pos & train, torch.where(train, scenario, -1))[0]
-    if method == "centered" and layer in data.neutral:
-        return lambda train: methods.centered(acts[train], pos[:, train], data.neutral[layer])[0]
-    return None
+    method = get_method(str(data.vectors.meta.get("method", "caa")))
+    if method.name == "caa" or (method.needs_neutral and layer not in data.neutral):
+        return None
+    scen_names = sorted({s["scenario"] for t in data.texts for s in t["sources"] if s.get("scenario")})
+    scenario = torch.tensor(
+        [next((scen_names.index(s["scenario"]) for s in t["sources"] if s.get("scenario")), -1) for t in data.texts]
+    )
+    x = MethodInputs(data.resid[layer], pos, ~pos, scenario, data.neutral.get(layer))
+    return lambda train: method.fn(x.subset(train))[0]
+
+
+def poorly_read_threshold(n_concepts: int) -> float:
+    """Held-out top-3 below which a concept counts as poorly read: three times chance (3 / C), but
+    at most halfway from chance to perfect, so that with few concepts (C <= 9, where 3x chance is
+    100%) not every concept is flagged, and with C <= 3 (top-3 always right) none is."""
+    chance = min(1.0, 3 / n_concepts)
+    return min(3 * chance, (1 + chance) / 2)
 
 
 def top_k_heads(n_heads: int, top: int) -> int:
@@ -374,7 +382,7 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                     "suggestion": f"reread {where}: mislabelled or off-topic?",
                 }
             )
-        if top3 is not None and top3 < min(1.0, 3 / n) * 3:
+        if top3 is not None and top3 < poorly_read_threshold(n):
             near = e["nearest"][0]["concept"] if e["nearest"] else "?"
             out["poorly_read"].append(
                 {

@@ -11,47 +11,67 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 
 from .. import __version__
-from ..capture import capture, default_spread, depth_label, parse_layers, parse_pooling
+from ..capture import (
+    BlockSpec,
+    CaptureResult,
+    Pooling,
+    capture,
+    default_spread,
+    depth_label,
+    parse_layers,
+    parse_pooling,
+)
 from ..corpus import Corpus
 from ..corpus import load as load_corpus
 from ..io import atomic_save_safetensors, atomic_write_bytes
 from ..models import LoadedModel, load, preflight
 from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
-from . import methods
+from .methods import MethodInputs, get_method
 from .readout import ConceptVectors
 
 log = logging.getLogger(__name__)
-Method = Literal["caa", "paired", "centered"]
-DEFAULT_POOLING = "mean_after:1"  # measured on smollm2-135m (token 0 is an attention sink): docs/vectors.md
+DEFAULT_POOLING = Pooling("mean_after", 1)  # measured on smollm2-135m (token 0 is an attention sink): docs/vectors.md
+VECTOR_DTYPES = ("float32", "bf16", "fp16")
 
 
 @dataclass(frozen=True)
 class ExtractConfig:
+    """`steerkit extract`'s options, parsed (the CLI mirrors these fields)."""
+
     stories: str = "corpora"
     model: str | None = None
-    layers: str | None = None  # None: 8 blocks spread over 25%-85% of depth
-    method: Method = "caa"
-    pooling: str = DEFAULT_POOLING
+    layers: BlockSpec | None = None  # None: 8 blocks spread over 25%-85% of depth
+    method: str = "caa"
+    pooling: Pooling = DEFAULT_POOLING
     out: str | None = None
-    dtype: str = "float32"
+    dtype: str = "float32"  # of the saved vectors
     max_batch_tokens: int = 1024
     preflight: bool = True
     allow_untrained: bool = False
     cache: bool = True
 
     def __post_init__(self) -> None:
-        if self.method not in methods.METHODS:
-            raise ValueError(f"method must be one of {', '.join(methods.METHODS)}, got {self.method!r}")
-        parse_pooling(self.pooling)
+        get_method(self.method)
+        if self.dtype not in VECTOR_DTYPES:
+            raise ValueError(f"dtype must be one of {', '.join(VECTOR_DTYPES)}, got {self.dtype!r}")
+        if isinstance(self.max_batch_tokens, bool) or self.max_batch_tokens < 1:
+            raise ValueError(f"max_batch_tokens must be >= 1, got {self.max_batch_tokens}")
+
+    def to_json(self) -> dict[str, Any]:
+        """As run.json records it (specs as the user wrote them)."""
+        d = asdict(self)
+        d["layers"] = self.layers.text if self.layers is not None else None
+        d["pooling"] = self.pooling.name
+        return d
 
 
 def membership(corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -69,20 +89,91 @@ def membership(corpus: Corpus) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor
     return pos, ~pos, scenario
 
 
-def compute_vectors(
-    method: str,
-    acts: torch.Tensor,
+def label_membership(labels: Sequence[str | Iterable[str] | None]) -> tuple[list[str], torch.Tensor]:
+    """Concept names (first-seen order) and pos (C, N) from one label (or a set, or None) per text."""
+    sets = [set() if lab is None else {lab} if isinstance(lab, str) else set(lab) for lab in labels]
+    names = list(dict.fromkeys(c for s in sets for c in sorted(s)))
+    if not names:
+        raise ValueError("no labels: give each text its concept name")
+    pos = torch.tensor([[c in s for s in sets] for c in names], dtype=torch.bool).reshape(len(names), len(sets))
+    return names, pos
+
+
+@dataclass
+class Extraction:
+    """What extraction computed: the vectors and the capture (activations of every text)."""
+
+    vectors: ConceptVectors
+    capture: CaptureResult
+    n_texts: int  # labelled texts; capture rows after them are the neutral texts
+
+
+def vectors_from_texts(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    names: list[str],
     pos: torch.Tensor,
-    neg: torch.Tensor,
-    scenario: torch.Tensor,
-    neutral: torch.Tensor | None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    if method == "caa":
-        return methods.caa(acts, pos, neg)
-    if method == "paired":
-        return methods.paired(acts, pos, neg, scenario)
-    assert neutral is not None
-    return methods.centered(acts, pos, neutral)
+    *,
+    scenario: torch.Tensor | None = None,
+    neutral: Sequence[str] = (),
+    layers: Sequence[int],
+    method: str = "caa",
+    pooling: Pooling = DEFAULT_POOLING,
+    max_batch_tokens: int = 1024,
+    cache_dir: Path | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    sites: tuple[str, ...] = ("resid",),
+) -> Extraction:
+    """Capture `texts` (+ `neutral`) and build one vector per concept at each layer.
+    pos (C, N) bool: the positives of each concept; every other text is a negative."""
+    m = get_method(method)
+    if m.needs_neutral and not neutral:
+        raise ValueError(f"the {method} method needs neutral texts")
+    if pos.shape != (len(names), len(texts)):
+        raise ValueError(f"pos must be ({len(names)}, {len(texts)}), got {tuple(pos.shape)}")
+    empty = [names[i] for i in range(len(names)) if not pos[i].any() or pos[i].all()]
+    if empty:
+        raise ValueError(f"concept(s) {', '.join(empty[:5])} need at least one positive and one negative text")
+    neutral = list(neutral) if m.needs_neutral else []
+    res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
+                  max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    n = len(texts)
+    vecs, norms, centers = {}, {}, {}
+    for layer in res.layers:
+        acts = res.resid[layer]
+        x = MethodInputs(acts[:n], pos, ~pos, scenario, acts[n:] if neutral else None)
+        vecs[layer], norms[layer] = m.fn(x)
+        centers[layer] = acts[:n].mean(0)
+    model_meta = {k: lm.info.get(k) for k in ("spec", "family", "fingerprint")}
+    cv = ConceptVectors(
+        list(names), list(res.layers), vecs, norms, centers=centers,
+        meta={"model": model_meta | {"n_blocks": lm.adapter.n_blocks(lm.model)}, "method": method,
+              "pooling": res.pooling, "created_by": f"steerkit {__version__}"},
+    )  # fmt: skip
+    return Extraction(cv, res, n)
+
+
+def extract_vectors(
+    lm: LoadedModel,
+    texts: Sequence[str],
+    labels: Sequence[str | Iterable[str] | None],
+    *,
+    layers: Sequence[int] | str | None = None,
+    method: str = "caa",
+    pooling: Pooling | str = DEFAULT_POOLING,
+    neutral: Sequence[str] = (),
+    max_batch_tokens: int = 1024,
+) -> ConceptVectors:
+    """Concept vectors in memory (the notebook API): one label per text (a concept name, a set of
+    names, or None for a text that is only a negative). layers: block indices or a spec string
+    (default: 8 blocks over 25%-85% of depth); method: a name in METHODS."""
+    if len(texts) != len(labels):
+        raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
+    n_blocks = lm.adapter.n_blocks(lm.model)
+    blocks = default_spread(n_blocks) if layers is None else parse_layers(layers, n_blocks)
+    names, pos = label_membership(labels)
+    return vectors_from_texts(lm, texts, names, pos, neutral=neutral, layers=blocks, method=method,
+                              pooling=parse_pooling(pooling), max_batch_tokens=max_batch_tokens).vectors  # fmt: skip
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -108,7 +199,7 @@ def extract(
     progress: Callable[[int, int], None] | None = None,
     echo: Callable[[str], None] = log.info,
 ) -> Path:
-    """Run the extraction; return the run folder."""
+    """extract_vectors on a story corpus, then write the run folder; return it."""
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.stories)  # all validation before any model is loaded
     spec = cfg.model or DEFAULT_MODEL
@@ -122,36 +213,24 @@ def extract(
             f"{t['parameters']:,} parameters, reference loss ratio {t['reference loss ratio']})"
         )
     n_blocks = lm.adapter.n_blocks(lm.model)
-    layers = parse_layers(cfg.layers, n_blocks) if cfg.layers else default_spread(n_blocks, count=8)
+    layers = cfg.layers.resolve(n_blocks) if cfg.layers is not None else default_spread(n_blocks)
     for layer in layers:
         echo(depth_label(layer, n_blocks))
-    texts = [t.text for t in corpus.texts]
-    neutral = [t.text for t in corpus.neutral] if cfg.method == "centered" else []
+    pos, _, scenario = membership(corpus)
     t1 = time.perf_counter()
-    res = capture(
-        lm,
-        texts + neutral,
-        layers,
-        sites=("resid", "heads"),
-        pooling=cfg.pooling,
-        max_batch_tokens=cfg.max_batch_tokens,
-        cache_dir=cache_root() / "activations" if cfg.cache else None,
-        progress=progress,
-    )
+    ex = vectors_from_texts(
+        lm, [t.text for t in corpus.texts], corpus.names, pos, scenario=scenario,
+        neutral=[t.text for t in corpus.neutral], layers=layers, method=cfg.method, pooling=cfg.pooling,
+        max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
+        progress=progress, sites=("resid", "heads"),
+    )  # fmt: skip
     capture_s = time.perf_counter() - t1
-    pos, neg, scenario = membership(corpus)
-    n = len(texts)
-    vecs, norms = {}, {}
-    for layer in layers:
-        acts = res.resid[layer]
-        vecs[layer], norms[layer] = compute_vectors(
-            cfg.method, acts[:n], pos, neg, scenario, acts[n:] if neutral else None
-        )
+    res, n = ex.capture, ex.n_texts
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
     tensors = {f"resid.layer_{la}": res.resid[la][:n].contiguous() for la in layers}
     tensors.update({f"heads.layer_{la}": v[:n].contiguous() for la, v in res.heads.items()})
-    if neutral:
+    if res.resid[layers[0]].shape[0] > n:
         tensors.update({f"neutral.layer_{la}": res.resid[la][n:].contiguous() for la in layers})
     atomic_save_safetensors(tensors, out / "activations.safetensors")
     downs = {
@@ -166,22 +245,10 @@ def extract(
         for t in corpus.texts
     ]
     atomic_write_bytes(out / "texts.json", json.dumps(texts_meta, indent=1).encode())
-    skipped = [{"site": s, "layer": la, "reason": r} for (s, la), r in res.skipped.items()]
-    centers = {la: res.resid[la][:n].mean(0) for la in layers}
-    cv = ConceptVectors(
-        corpus.names,
-        layers,
-        vecs,
-        norms,
-        centers=centers,
-        meta={
-            "model": {k: lm.info[k] for k in ("spec", "family", "fingerprint")} | {"n_blocks": n_blocks},
-            "method": cfg.method,
-            "pooling": res.pooling,
-            "corpus": {"path": str(Path(cfg.stories).resolve()), "sha256": corpus.sha256(), "n_texts": n},
-            "created_by": f"steerkit {__version__}",
-            "skipped": skipped,
-        },
+    cv = ex.vectors
+    cv.meta.update(
+        corpus={"path": str(Path(cfg.stories).resolve()), "sha256": corpus.sha256(), "n_texts": n},
+        skipped=[{"site": s, "layer": la, "reason": r} for (s, la), r in res.skipped.items()],
     )
     cv.save(out, dtype=cfg.dtype)
     stats = dict(res.stats)
@@ -190,7 +257,7 @@ def extract(
     finish_run(
         out,
         "extract",
-        config=asdict(cfg),
+        config=cfg.to_json(),
         stats=stats,
         seconds=round(time.perf_counter() - t0, 2),
         model=lm.info["spec"],

@@ -127,6 +127,68 @@ class ConceptVectors:
             raise ReadoutError(f"{spath} has tensors not listed in readout.json: {', '.join(sorted(extra)[:3])}")
         return cls(concepts, layers, vectors, norms, meta, centers)
 
+    # ---- arithmetic: every operation returns a new object, the operands are never changed ------------
+    def select(self, concepts: str | list[str]) -> ConceptVectors:
+        """A new set with only `concepts` (in that order)."""
+        names = [concepts] if isinstance(concepts, str) else list(concepts)
+        idx = [self.index(c) for c in names]
+        return ConceptVectors(
+            names, list(self.layers), {la: v[idx].clone() for la, v in self.vectors.items()},
+            {la: n[idx].clone() for la, n in self.norms.items()}, dict(self.meta),
+            {la: c.clone() for la, c in self.centers.items()},
+        )  # fmt: skip
+
+    def __getitem__(self, concept: str | list[str]) -> ConceptVectors:
+        return self.select(concept)
+
+    def raw(self, layer: int) -> torch.Tensor:
+        """(n_concepts, hidden) raw vectors (unit rows x norms) at `layer`."""
+        return self.vectors[self.check_layer(layer)].float() * self.norms[layer].float().unsqueeze(1)
+
+    @classmethod
+    def from_raw(cls, concepts: list[str], raw: dict[int, torch.Tensor], like: ConceptVectors) -> ConceptVectors:
+        """A set from raw vectors {layer: (n_concepts, hidden)}, with `like`'s meta and centers."""
+        norms = {la: r.float().norm(dim=1) for la, r in raw.items()}
+        units = {la: r.float() / norms[la].clamp(min=1e-12).unsqueeze(1) for la, r in raw.items()}
+        meta = {**like.meta, "method": "arithmetic"}
+        return cls(list(concepts), sorted(raw), units, norms, meta, {la: c.clone() for la, c in like.centers.items()})
+
+    def mix(self, weights: dict[str, float], name: str | None = None) -> ConceptVectors:
+        """One concept: sum_c w_c * raw_c at every layer, e.g. mix({"calm": 0.5, "content": 0.5})."""
+        label = name or "+".join(f"{w:g}*{c}" for c, w in weights.items())
+        raw = {la: sum((float(w) * self.raw(la)[self.index(c)] for c, w in weights.items()),
+                       torch.zeros(self.hidden_size)).unsqueeze(0) for la in self.layers}  # fmt: skip
+        return ConceptVectors.from_raw([label], raw, self)
+
+    def _binary(self, other: ConceptVectors, sign: float, op: str) -> ConceptVectors:
+        if not isinstance(other, ConceptVectors):
+            return NotImplemented
+        if len(self.concepts) != len(other.concepts):
+            raise ValueError(f"cannot {op} sets of {len(self.concepts)} and {len(other.concepts)} concepts")
+        if self.layers != other.layers or self.hidden_size != other.hidden_size:
+            raise ValueError(f"cannot {op} vectors of different layers/hidden sizes ({self.layers} vs {other.layers})")
+        sym = "+" if sign > 0 else "-"
+        names = [f"{a}{sym}{b}" for a, b in zip(self.concepts, other.concepts, strict=True)]
+        return ConceptVectors.from_raw(names, {la: self.raw(la) + sign * other.raw(la) for la in self.layers}, self)
+
+    def __add__(self, other: ConceptVectors) -> ConceptVectors:
+        return self._binary(other, 1.0, "add")
+
+    def __sub__(self, other: ConceptVectors) -> ConceptVectors:
+        return self._binary(other, -1.0, "subtract")
+
+    def __mul__(self, k: float) -> ConceptVectors:
+        if not isinstance(k, int | float) or isinstance(k, bool):
+            return NotImplemented
+        out = ConceptVectors.from_raw(list(self.concepts), {la: self.raw(la) * float(k) for la in self.layers}, self)
+        out.meta["method"] = self.meta.get("method")  # scaling keeps the method (-v flips the unit rows)
+        return out
+
+    __rmul__ = __mul__
+
+    def __neg__(self) -> ConceptVectors:
+        return self * -1.0
+
     def scores(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
         """Concept scores of hidden states (..., hidden) -> (..., n_concepts): projection of
         (h - center) on each unit vector."""

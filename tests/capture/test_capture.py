@@ -37,7 +37,7 @@ def _reference(lm, text, layer):
 @pytest.mark.parametrize("pooling", ["last", "mean", "mean_after:2"])
 def test_resid_matches_hidden_states_rule(family, pooling, tiny_lm_factory):
     lm = tiny_lm_factory(family)
-    res = capture(lm, TEXTS, [0, 2], pooling=pooling, max_batch_tokens=64)
+    res = capture(lm, TEXTS, [0, 2], pooling=parse_pooling(pooling), max_batch_tokens=64)
     p = parse_pooling(pooling)
     for layer in (0, 2):
         for i, text in enumerate(TEXTS):
@@ -51,7 +51,9 @@ def test_heads_through_out_projection_equal_mixer_output(family, tiny_lm_factory
     lm = tiny_lm_factory(family)
     a, model = lm.adapter, lm.model
     layers = list(range(a.n_blocks(model)))
-    res = capture(lm, TEXTS[:3], "all", sites=("heads",), pooling="mean")
+    res = capture(
+        lm, TEXTS[:3], list(range(lm.adapter.n_blocks(lm.model))), sites=("heads",), pooling=parse_pooling("mean")
+    )
     for layer in layers:
         info = a.block_info(model, layer)
         if not info.n_heads:
@@ -80,8 +82,8 @@ def test_heads_through_out_projection_equal_mixer_output(family, tiny_lm_factory
 def test_left_padding_equals_right_padding(family, tiny_lm_factory):
     lm = tiny_lm_factory(family)
     for pooling in ("last", "mean"):
-        r = capture(lm, TEXTS, [1, 3], pooling=pooling, padding_side="right", sites=("resid", "mlp"))
-        le = capture(lm, TEXTS, [1, 3], pooling=pooling, padding_side="left", sites=("resid", "mlp"))
+        r = capture(lm, TEXTS, [1, 3], pooling=parse_pooling(pooling), padding_side="right", sites=("resid", "mlp"))
+        le = capture(lm, TEXTS, [1, 3], pooling=parse_pooling(pooling), padding_side="left", sites=("resid", "mlp"))
         for layer in (1, 3):
             torch.testing.assert_close(r.resid[layer], le.resid[layer], atol=1e-5, rtol=1e-4)
             torch.testing.assert_close(r.mlp[layer], le.mlp[layer], atol=1e-5, rtol=1e-4)
@@ -90,8 +92,10 @@ def test_left_padding_equals_right_padding(family, tiny_lm_factory):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batch_size_one_equals_bucketed(family, tiny_lm_factory):
     lm = tiny_lm_factory(family)
-    one = capture(lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling="mean", max_batch_tokens=1)
-    big = capture(lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling="mean", max_batch_tokens=4096)
+    one = capture(lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling=parse_pooling("mean"), max_batch_tokens=1)
+    big = capture(
+        lm, TEXTS, [1, 3], sites=("resid", "heads", "mlp"), pooling=parse_pooling("mean"), max_batch_tokens=4096
+    )
     assert one.stats["n_batches"] == 5 and big.stats["n_batches"] == 1 and big.stats["n_unique"] == 5
     for site in ("resid", "heads", "mlp"):
         for layer, v in one.site(site).items():
@@ -110,7 +114,7 @@ def test_early_stop_runs_no_later_block(family, tiny_lm_factory):
     head_calls = []
     hh = lm.model.get_output_embeddings().register_forward_hook(lambda *a: head_calls.append(1))
     try:
-        capture(lm, TEXTS[:2], 1)
+        capture(lm, TEXTS[:2], [1])
     finally:
         for h in hs:
             h.remove()
@@ -131,12 +135,12 @@ def test_early_stop_inside_the_last_block(family, tiny_lm_factory):
     if down is not None:
         hs.append(down.register_forward_hook(lambda *a: calls.__setitem__("down", calls["down"] + 1)))
     try:
-        early = capture(lm, TEXTS[:3], layer, sites=("heads",), pooling="mean")
+        early = capture(lm, TEXTS[:3], [layer], sites=("heads",), pooling=parse_pooling("mean"))
     finally:
         for h in hs:
             h.remove()
     assert calls == {"block": 0, "down": 0}
-    full = capture(lm, TEXTS[:3], layer, sites=("heads", "resid"), pooling="mean")
+    full = capture(lm, TEXTS[:3], [layer], sites=("heads", "resid"), pooling=parse_pooling("mean"))
     torch.testing.assert_close(early.heads[layer], full.heads[layer], atol=0, rtol=0)
 
 
@@ -182,9 +186,9 @@ def test_make_batches_respects_budget():
 def test_invalid_site_and_pooling(tiny_lm_factory):
     lm = tiny_lm_factory("llama")
     with pytest.raises(ValueError, match="valid: resid, heads, mlp"):
-        capture(lm, TEXTS, 1, sites=("attn",))
+        capture(lm, TEXTS, [1], sites=("attn",))
     with pytest.raises(ValueError, match="valid: last, mean"):
-        capture(lm, TEXTS, 1, pooling="max")
+        capture(lm, TEXTS, [1], pooling=parse_pooling("max"))
 
 
 @pytest.mark.parametrize("family", ["qwen2", "mamba", "rwkv", "qwen3_5"])
@@ -192,8 +196,8 @@ def test_nnsight_backend_agrees_with_hooks(family, tiny_lm_factory):
     pytest.importorskip("nnsight")
     lm = tiny_lm_factory(family)
     sites = ("resid", "heads", "mlp")
-    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean", backend="hooks")
-    b = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean", backend="nnsight")
+    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling=parse_pooling("mean"), backend="hooks")
+    b = capture(lm, TEXTS, [0, 2], sites=sites, pooling=parse_pooling("mean"), backend="nnsight")
     assert a.skipped == b.skipped
     for site in sites:
         assert a.site(site).keys() == b.site(site).keys()
@@ -218,8 +222,10 @@ def test_lens_backend_agrees_with_hooks(family, tiny_lm_factory, monkeypatch):
     names = [n for n, _ in lm.model.named_modules()]
     attn = lm.model.config._attn_implementation
     sites = ("resid", "heads", "mlp")
-    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean_after:1", backend="hooks")
-    b = capture(lm, TEXTS, [0, 2], sites=sites, pooling="mean_after:1", backend="lens", max_batch_tokens=64)
+    a = capture(lm, TEXTS, [0, 2], sites=sites, pooling=parse_pooling("mean_after:1"), backend="hooks")
+    b = capture(
+        lm, TEXTS, [0, 2], sites=sites, pooling=parse_pooling("mean_after:1"), backend="lens", max_batch_tokens=64
+    )
     assert calls and set(calls) == {3}, "the bridge must run, stopping after block 2"
     assert [n for n, _ in lm.model.named_modules()] == names and lm.model.config._attn_implementation == attn
     lens_only = {w: why for w, why in b.skipped.items() if w not in a.skipped}
@@ -237,7 +243,7 @@ def test_lens_backend_agrees_with_hooks(family, tiny_lm_factory, monkeypatch):
 def test_lens_backend_agrees_with_hooks_on_smollm(smollm):
     """Real weights: the bridge runs eager attention, the user's model keeps sdpa; fp32 agreement 1e-5."""
     texts = TEXTS[:4]
-    kw = dict(layers=[3, 20], sites=("resid", "heads", "mlp"), pooling="mean_after:1")
+    kw = dict(layers=[3, 20], sites=("resid", "heads", "mlp"), pooling=parse_pooling("mean_after:1"))
     a = capture(smollm, texts, **kw)
     b = capture(smollm, texts, backend="lens", padding_side="left", **kw)
     assert a.skipped == b.skipped == {}
@@ -281,15 +287,15 @@ def test_two_caches_on_one_folder_keep_each_others_shards(tmp_path):
 
 def test_cache_keys_truncation_and_cross_check_backends_always_compute(tmp_path, tiny_lm_factory):
     lm = tiny_lm_factory("llama")
-    full = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean")
-    cut = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", max_tokens=2)
+    full = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling=parse_pooling("mean"))
+    cut = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling=parse_pooling("mean"), max_tokens=2)
     assert cut.stats["n_computed"] == 5  # truncated texts are other entries, not cache hits
-    ref = capture(lm, TEXTS, [1], pooling="mean", max_tokens=2)
+    ref = capture(lm, TEXTS, [1], pooling=parse_pooling("mean"), max_tokens=2)
     torch.testing.assert_close(cut.resid[1], ref.resid[1], atol=0, rtol=0)
     assert not torch.allclose(cut.resid[1], full.resid[1])
-    again = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", max_tokens=2)
+    again = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling=parse_pooling("mean"), max_tokens=2)
     assert again.stats["n_cached"] == 5
-    lens = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling="mean", backend="lens")
+    lens = capture(lm, TEXTS, [1], cache_dir=tmp_path, pooling=parse_pooling("mean"), backend="lens")
     assert lens.stats["n_computed"] == 5 and lens.stats["n_cached"] == 0
     with pytest.raises(ValueError, match="max_tokens must be >= 1"):
         capture(lm, TEXTS, [1], max_tokens=0)

@@ -5,12 +5,11 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_models
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from steerkit.capture import capture
+from steerkit.capture import capture, parse_pooling
 from steerkit.cli import main
 from steerkit.models import load
 
@@ -18,11 +17,8 @@ TEXTS = ["The fox ran home.", "She laughed at the joke for a long time.", "Rain 
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tok):
-    d = tmp_path_factory.mktemp("m") / "tiny-qwen3_5"
-    tiny_models.build("qwen3_5").save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
+def tiny_dir(tiny_dir_factory):
+    return tiny_dir_factory("qwen3_5")
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +46,7 @@ def test_capture_cli_writes_what_the_api_computes(backend, tiny_dir, texts_file,
     assert len(meta["texts"]) == 4
     skipped = {(s["site"], s["layer"]) for s in meta["skipped"]}
     tensors = load_file(out / "activations.safetensors")
-    ref = capture(load(str(tiny_dir)), TEXTS, [1, 3], sites=("resid", "heads"), pooling="mean")
+    ref = capture(load(str(tiny_dir)), TEXTS, [1, 3], sites=("resid", "heads"), pooling=parse_pooling("mean"))
     for site in ("resid", "heads"):
         for layer in (1, 3):
             if (site, layer) in skipped:

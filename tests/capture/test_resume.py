@@ -7,10 +7,9 @@ import subprocess
 import sys
 import textwrap
 
-import tiny_models
 import torch
 
-from steerkit.capture import capture
+from steerkit.capture import capture, parse_pooling
 from steerkit.models import load
 
 TEXTS = [f"Story number {i}: the {'quick ' * (i % 7)}fox went to market {i} times." for i in range(40)]
@@ -18,7 +17,7 @@ TEXTS = [f"Story number {i}: the {'quick ' * (i % 7)}fox went to market {i} time
 CHILD = textwrap.dedent(
     """
     import os, signal, sys, json
-    from steerkit.capture import capture
+    from steerkit.capture import capture, parse_pooling
     from steerkit.models import load
     texts = json.loads(sys.argv[3])
     lm = load(sys.argv[1])
@@ -27,18 +26,16 @@ CHILD = textwrap.dedent(
         state["calls"] += 1
         if state["calls"] == 5:  # after 4 batches, die without any cleanup
             os.kill(os.getpid(), signal.SIGKILL)
-    capture(lm, texts, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40,
+    capture(lm, texts, list(range(lm.adapter.n_blocks(lm.model))), sites=("resid", "heads"), pooling=parse_pooling("mean"), max_batch_tokens=40,
             cache_dir=sys.argv[2], cache_flush_seconds=0, progress=progress)
     """
 )
 
 
-def test_sigkill_then_resume(tmp_path, tiny_tok):
+def test_sigkill_then_resume(tmp_path, tiny_dir_factory):
     import json
 
-    model_dir = tmp_path / "model"
-    tiny_models.build("qwen2").save_pretrained(model_dir)
-    tiny_tok.save_pretrained(model_dir)
+    model_dir = tiny_dir_factory("qwen2")
     cache = tmp_path / "cache"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
@@ -50,10 +47,25 @@ def test_sigkill_then_resume(tmp_path, tiny_tok):
     )
     assert proc.returncode == -9, proc.stderr[-2000:]
     lm = load(str(model_dir))
-    resumed = capture(lm, TEXTS, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40, cache_dir=cache)
+    resumed = capture(
+        lm,
+        TEXTS,
+        list(range(lm.adapter.n_blocks(lm.model))),
+        sites=("resid", "heads"),
+        pooling=parse_pooling("mean"),
+        max_batch_tokens=40,
+        cache_dir=cache,
+    )
     assert 0 < resumed.stats["n_cached"] < len(TEXTS), resumed.stats
     assert resumed.stats["n_computed"] == len(TEXTS) - resumed.stats["n_cached"]
-    fresh = capture(lm, TEXTS, "all", sites=("resid", "heads"), pooling="mean", max_batch_tokens=40)
+    fresh = capture(
+        lm,
+        TEXTS,
+        list(range(lm.adapter.n_blocks(lm.model))),
+        sites=("resid", "heads"),
+        pooling=parse_pooling("mean"),
+        max_batch_tokens=40,
+    )
     for layer in fresh.resid:
         torch.testing.assert_close(resumed.resid[layer], fresh.resid[layer], atol=1e-6, rtol=0)
         torch.testing.assert_close(resumed.heads[layer], fresh.heads[layer], atol=1e-6, rtol=0)
@@ -72,11 +84,11 @@ def test_ctrl_c_keeps_computed_batches(tmp_path, tiny_lm_factory):
             state["done"] = done
             raise KeyboardInterrupt
 
-    kw = dict(sites=("resid",), pooling="mean", max_batch_tokens=40, cache_dir=tmp_path)
+    kw = dict(sites=("resid",), pooling=parse_pooling("mean"), max_batch_tokens=40, cache_dir=tmp_path)
     with pytest.raises(KeyboardInterrupt):
         capture(lm, TEXTS, [1, 3], progress=progress, **kw)
     resumed = capture(lm, TEXTS, [1, 3], **kw)
     assert 0 < resumed.stats["n_cached"] == state["done"] < len(TEXTS), (resumed.stats, state)
-    fresh = capture(lm, TEXTS, [1, 3], sites=("resid",), pooling="mean")
+    fresh = capture(lm, TEXTS, [1, 3], sites=("resid",), pooling=parse_pooling("mean"))
     for layer in fresh.resid:
         torch.testing.assert_close(resumed.resid[layer], fresh.resid[layer], atol=1e-6, rtol=0)

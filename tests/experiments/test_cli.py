@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_models
 import torch
 from click.testing import CliRunner
 
@@ -19,12 +18,10 @@ from steerkit.vectors.readout import ConceptVectors
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tiny_tok):
+def trained(tmp_path_factory, tiny_dir_factory):
     """A tiny llama saved to disk, a 3-step train-phase run and a small prompt file."""
     root = tmp_path_factory.mktemp("iv")
-    model_dir = root / "tiny-llama"
-    tiny_models.build("llama").save_pretrained(model_dir)
-    tiny_tok.save_pretrained(model_dir)
+    model_dir = tiny_dir_factory("llama")
     g = torch.Generator().manual_seed(0)
     stories = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(12)]
     (root / "texts.txt").write_text("\n---\n".join(stories))

@@ -110,7 +110,11 @@ def test_vector_fn_caa_reproduces_default():
     pos = torch.stack([labels == k for k in range(c)])
     default = held_out_readout(acts, labels, k_folds=4, seed=1)
     custom = held_out_readout(
-        acts, labels, k_folds=4, seed=1, vector_fn=lambda train: methods.caa(acts, pos & train, ~pos & train)[0]
+        acts,
+        labels,
+        k_folds=4,
+        seed=1,
+        vector_fn=lambda train: methods.caa(methods.MethodInputs(acts, pos & train, ~pos & train))[0],
     )
     assert torch.equal(default.predicted, custom.predicted)
     assert default.top1_overall == custom.top1_overall

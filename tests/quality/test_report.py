@@ -8,7 +8,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-import tiny_models
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -19,11 +18,9 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory, tiny_tok):
+def run(tmp_path_factory, tiny_dir_factory):
     root = tmp_path_factory.mktemp("q")
-    model = root / "tiny-qwen35"
-    tiny_models.build("qwen3_5").save_pretrained(model)
-    tiny_tok.save_pretrained(model)
+    model = tiny_dir_factory("qwen3_5")
     out = root / "runs" / "r"
     res = CliRunner().invoke(
         main,
@@ -111,12 +108,12 @@ def test_bad_inputs(run, tmp_path, monkeypatch):
     assert not (no_acts / "quality.json").exists() and not (version / "quality.json").exists()
 
 
-def test_missing_activations_recomputed_with_model(run, tmp_path):
+def test_missing_activations_recomputed_with_model(run, tmp_path, tiny_dir_factory):
     copy = tmp_path / "recap"
     _copy_run(run, copy)
     before = load_file(copy / "activations.safetensors")
     (copy / "activations.safetensors").unlink()
-    model = run.parents[1] / "tiny-qwen35"
+    model = tiny_dir_factory("qwen3_5")
     res = CliRunner().invoke(main, ["quality-report", str(copy), "--model", str(model), "--folds", "3"])
     assert res.exit_code == 0, res.output
     after = load_file(copy / "activations.safetensors")
@@ -126,20 +123,38 @@ def test_missing_activations_recomputed_with_model(run, tmp_path):
     assert (copy / "quality.json").is_file()
 
 
-def test_too_many_folds_and_a_foreign_model_are_one_line_errors(run, tmp_path, tiny_tok):
+def test_too_many_folds_and_a_foreign_model_are_one_line_errors(run, tmp_path, tiny_dir_factory):
     """--folds beyond the labelled texts, and recapturing with a model that is not the run's."""
     import shutil
-
-    import tiny_models
 
     _one_line_error(CliRunner().invoke(main, ["quality-report", str(run), "--folds", "1000"]), "use --folds <=")
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     (copy / "activations.safetensors").unlink()
     (copy / "quality.json").unlink(missing_ok=True)
-    other = tmp_path / "other"
-    tiny_models.build("llama", seed=1).save_pretrained(other)
-    tiny_tok.save_pretrained(other)
+    other = tiny_dir_factory("llama", seed=1)
     res = CliRunner().invoke(main, ["quality-report", str(copy), "--model", str(other)])
     _one_line_error(res, "is not the model this run was extracted with")
     assert not (copy / "activations.safetensors").exists() and not (copy / "quality.json").exists()
+
+
+def test_recaptured_centered_run_keeps_its_neutral_activations(tmp_path, tiny_dir_factory):
+    """A recaptured `centered` run used to lose its neutral activations, so its held-out readout
+    silently fell back to CAA; now the recomputed report equals the original one."""
+    model = tiny_dir_factory("llama")
+    out = tmp_path / "centered"
+    args = ["extract", "--stories", str(FIXTURE), "--model", str(model), "--layers", "1,3", "--method", "centered",
+            "--out", str(out), "--no-preflight", "--no-cache"]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    assert CliRunner().invoke(main, ["quality-report", str(out), "--folds", "3"]).exit_code == 0
+    first = json.loads((out / "quality.json").read_text())
+    before = load_file(out / "activations.safetensors")
+    assert any(k.startswith("neutral.") for k in before)
+    (out / "activations.safetensors").unlink()
+    res = CliRunner().invoke(main, ["quality-report", str(out), "--model", str(model), "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    after = load_file(out / "activations.safetensors")
+    assert before.keys() == after.keys()
+    second = json.loads((out / "quality.json").read_text())
+    for la in ("1", "3"):
+        assert second["layers"][la]["heldout"] == first["layers"][la]["heldout"]

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import tiny_models
 import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
@@ -88,10 +87,8 @@ def test_lora_resume_equals_uninterrupted(tmp_path, tiny_tok):
         (["--lora-blocks", "1"], "--lora-blocks needs --lora-rank > 0"),
     ],
 )
-def test_lora_bad_input_exit_2(args, needle, tmp_path, tiny_tok):
-    d = tmp_path / "tiny"
-    tiny_models.build("llama").save_pretrained(d)
-    tiny_tok.save_pretrained(d)
+def test_lora_bad_input_exit_2(args, needle, tmp_path, tiny_dir_factory):
+    d = tiny_dir_factory("llama")
     text = _texts(tmp_path)
     res = CliRunner().invoke(
         main,

@@ -124,15 +124,8 @@ def test_sigterm_saves_loadable_checkpoint_then_resume_and_load(tmp_path, tiny_t
         assert torch.equal(v, last.tensors[f"param.phase.core.{k}"]), k
 
 
-def _save_tiny(tmp_path, tiny_tok):
-    d = tmp_path / "tiny-llama"
-    tiny_models.build("llama").save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
-
-
-def test_cli_sigterm_resume_and_plots(tmp_path, tiny_tok):
-    model_dir, text = _save_tiny(tmp_path, tiny_tok), _texts(tmp_path, 30)
+def test_cli_sigterm_resume_and_plots(tmp_path, tiny_dir_factory):
+    model_dir, text = tiny_dir_factory("llama"), _texts(tmp_path, 30)
     args = ["train-phase", "--model", str(model_dir), "--text", str(text), "--seq-len", "16", "--batch-size", "2",
             "--out", str(tmp_path / "runs"), "--name", "cli", "--checkpoint-every", "1000", "--val-every", "3"]  # fmt: skip
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
@@ -172,8 +165,8 @@ def test_cli_sigterm_resume_and_plots(tmp_path, tiny_tok):
         (["--resume", "--name", "nothing"], "nothing to resume"),
     ],
 )
-def test_cli_bad_input_one_line_exit_2(tmp_path, tiny_tok, extra, needle):
-    model_dir, text = _save_tiny(tmp_path, tiny_tok), _texts(tmp_path)
+def test_cli_bad_input_one_line_exit_2(tmp_path, tiny_dir_factory, extra, needle):
+    model_dir, text = tiny_dir_factory("llama"), _texts(tmp_path)
     args = ["train-phase", "--model", str(model_dir), "--text", str(text), "--out", str(tmp_path / "runs"), *extra]
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 2, res.output

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import tiny_models
 import torch
 from click.testing import CliRunner
 
-from steerkit.capture import capture
+from steerkit.capture import capture, parse_pooling
 from steerkit.cli import main
 from steerkit.corpus import load as load_corpus
 from steerkit.errors import ReadoutError
@@ -23,11 +22,8 @@ FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory, tiny_tok):
-    d = tmp_path_factory.mktemp("m") / "tiny-llama"
-    tiny_models.build("llama").save_pretrained(d)
-    tiny_tok.save_pretrained(d)
-    return d
+def tiny_dir(tiny_dir_factory):
+    return tiny_dir_factory("llama")
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +70,7 @@ def test_extract_writes_a_valid_run(run_dir, tiny_dir):
     # oracle: vectors equal a hand computation from independently captured activations
     corpus = load_corpus(FIXTURE)
     lm = load(str(tiny_dir))
-    res = capture(lm, [t.text for t in corpus.texts], [1, 3], pooling="mean_after:1")
+    res = capture(lm, [t.text for t in corpus.texts], [1, 3], pooling=parse_pooling("mean_after:1"))
     for layer in (1, 3):
         a = res.resid[layer].numpy()
         for k, name in enumerate(cv.concepts):
@@ -117,7 +113,7 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
     ids = lm.tokenizer("The quick brown fox jumps.", return_tensors="pt").input_ids
     with torch.no_grad():
         base = lm.model(ids).logits
-        with steer(lm.model, cv, {"calm": 0.0}, layer=1):
+        with steer(lm, cv, {"calm": 0.0}, layers=1):
             zero = lm.model(ids).logits
     assert torch.equal(base, zero)
     block = lm.adapter.blocks(lm.model)[1]
@@ -133,7 +129,7 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
         finally:
             h.remove()
         seen = {}
-        with steer(lm.model, cv, {"calm": 2.0, "angry": -1.0}, layer=1, scale=scale):
+        with steer(lm, cv, {"calm": 2.0, "angry": -1.0}, layers=1, scale=scale):
             # a hook registered after steer's sees the steered output
             h = block.register_forward_hook(
                 lambda m, i, o, seen=seen: seen.__setitem__("o", lm.adapter.get_hidden(o).clone())
@@ -152,7 +148,7 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
 def test_hooks_removed_on_exception(run_dir, tiny_dir):
     cv = ConceptVectors.load(run_dir)
     lm = load(str(tiny_dir))
-    with pytest.raises(RuntimeError), steer(lm.model, cv, {"calm": 1.0}, layer=3):
+    with pytest.raises(RuntimeError), steer(lm, cv, {"calm": 1.0}, layers=3):
         raise RuntimeError("boom")
     assert not lm.adapter.blocks(lm.model)[3]._forward_hooks
 
@@ -163,7 +159,7 @@ def test_hook_fires_once_per_generated_token(family, tiny_lm_factory):
     h = lm.model.config.hidden_size
     cv = ConceptVectors(["x"], [1], {1: torch.nn.functional.normalize(torch.randn(1, h), dim=1)}, {1: torch.ones(1)})
     ids = lm.tokenizer("Once upon a time", return_tensors="pt").input_ids
-    with steer(lm.model, cv, {"x": 3.0}, layer=1, adapter=lm.adapter) as state, torch.no_grad():
+    with steer(lm, cv, {"x": 3.0}, layers=1) as state, torch.no_grad():
         out = lm.model.generate(
             ids, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=lm.tokenizer.pad_token_id
         )

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from steerkit.capture import capture
+from steerkit.capture import capture, parse_pooling
 from steerkit.corpus import load as load_corpus
 from steerkit.quality.heldout import held_out_readout
 from steerkit.vectors import methods
@@ -34,12 +34,12 @@ def test_stories_read_their_own_concept(smollm):
     corpus = load_corpus(ROOT / "corpora")
     texts = [t for t in corpus.texts if any(s.kind == "story" for s in t.sources) and t.concepts & set(CONCEPTS)]
     labels = torch.tensor([CONCEPTS.index(next(iter(t.concepts))) for t in texts])
-    res = capture(smollm, [t.text for t in texts], [10, 15], pooling="mean_after:1", max_tokens=128)
+    res = capture(smollm, [t.text for t in texts], [10, 15], pooling=parse_pooling("mean_after:1"), max_tokens=128)
     pos = torch.stack([labels == k for k in range(len(CONCEPTS))])
     shares = {}
     for layer in (10, 15):
         a = res.resid[layer]
-        v, _ = methods.caa(a, pos, ~pos)
+        v, _ = methods.caa(methods.MethodInputs(a, pos, ~pos))
         scores = (a - a.mean(0)) @ v.t()
         top3 = (scores.topk(3, dim=1).indices == labels[:, None]).any(1).float().mean().item()
         held = held_out_readout(a, labels, n_concepts=len(CONCEPTS), k_folds=5, seed=0)

@@ -76,6 +76,15 @@ class Adapter:
     def final_norm(self, model: Any) -> nn.Module:
         return get_module(model, self.final_norm_path)
 
+    def hidden_size(self, model: Any) -> int:
+        """Width of the residual stream (the embedding matrix's second dimension)."""
+        return int(model.get_input_embeddings().weight.shape[1])
+
+    def input_device(self, model: Any) -> torch.device:
+        """Where token ids must go: the embedding's device (the first shard of a sharded model)."""
+        emb: Any = model.get_input_embeddings()
+        return emb.weight.device if emb is not None else next(model.parameters()).device
+
     def block_info(self, model: Any, index: int) -> BlockInfo:
         raise NotImplementedError
 

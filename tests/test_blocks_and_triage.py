@@ -1,0 +1,122 @@
+"""One block-spec parser for every option; triage and notes of the quality report."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from steerkit.capture.layers import BlockSpec, check_blocks, default_spread, parse_layers
+from steerkit.cli import main
+from steerkit.errors import LayerSpecError
+from steerkit.quality.report import notes, poorly_read_threshold, triage
+
+
+@pytest.mark.parametrize(
+    "spec, n, want",
+    [
+        ("7", 10, [7]),
+        ("-1", 10, [9]),
+        ("0.5", 11, [5]),
+        ("4:7", 10, [4, 5, 6]),
+        ("10:-1", 14, [10, 11, 12]),  # negative end: up to, not including, the last block
+        ("-3:", 10, [7, 8, 9]),
+        (":3", 10, [0, 1, 2]),
+        ("0:10:4", 10, [0, 4, 8]),
+        ("all", 3, [0, 1, 2]),
+        ("1,-1,1", 5, [1, 4]),
+        ([2, -2], 6, [2, 4]),
+        (0.0, 5, [0]),
+    ],
+)
+def test_block_spec_resolves(spec, n, want):
+    assert parse_layers(spec, n) == want
+    assert BlockSpec.parse(spec).resolve(n) == want
+
+
+@pytest.mark.parametrize("spec", ["x", "1:x", "1:2:3:4", "1.5", "-0.5", "nan", "", "1:5:0", ",", "1:5:-1"])
+def test_block_spec_syntax_errors_before_any_model(spec):
+    with pytest.raises(LayerSpecError):
+        BlockSpec.parse(spec)
+
+
+@pytest.mark.parametrize("spec, n", [("12", 10), ("-11", 10), ("5:8", 4), ("3:3", 10), ("20:", 10)])
+def test_block_spec_range_errors(spec, n):
+    with pytest.raises(LayerSpecError):
+        parse_layers(spec, n)
+
+
+def test_check_blocks_takes_parsed_ints_only():
+    assert check_blocks([3, -1, 3], 5) == [3, 4]
+    with pytest.raises(TypeError):
+        check_blocks("1,2", 5)  # type: ignore[arg-type]
+    with pytest.raises(LayerSpecError):
+        check_blocks([5], 5)
+
+
+def test_default_spread_is_eight_blocks():
+    assert len(default_spread(30)) == 8 and default_spread(30)[0] == 7 and default_spread(30)[-1] == 25
+    assert default_spread(4) == [0, 1, 2, 3]
+
+
+def test_cli_block_syntax_error_is_one_line_before_loading(tmp_path):
+    """--layers 1:x fails at parse time: one line, exit 2, even with a model that does not exist."""
+    texts = tmp_path / "t.txt"
+    texts.write_text("one\ntwo\n")
+    res = CliRunner().invoke(
+        main, ["capture", "--model", str(tmp_path / "missing"), "--texts", str(texts), "--layers", "1:x",
+               "--out", str(tmp_path / "o")],
+    )  # fmt: skip
+    assert res.exit_code == 2
+    lines = [x for x in res.output.splitlines() if x.strip()]
+    assert len(lines) == 1 and "--layers 1:x" in lines[0] and "integers" in lines[0], res.output
+    assert not (tmp_path / "o").exists()
+
+
+# ---- triage and notes --------------------------------------------------------------------------
+def _report(n_concepts: int, top3: list[float], ratio: float = 0.5, null_median: float | None = None) -> dict:
+    names = [f"c{i}" for i in range(n_concepts)]
+    concepts = {}
+    for i, name in enumerate(names):
+        concepts[name] = {
+            "n_positives": 8,
+            "first_pc_variance_ratio": ratio,
+            "first_pc_null": None
+            if null_median is None
+            else {"median": null_median, "p95": null_median + 0.1, "percentile": 0.99 if i == 0 else 0.5},
+            "effective_rank": 3.0,
+            "agreement": {"mean": 0.5, "min": 0.2, "lowest": [{"where": "f:1", "cos": 0.2}], "n_below_0_1": 0},
+            "nearest": [{"concept": names[(i + 1) % n_concepts], "cos": 0.3}],
+            "redundancy": {"r2": 0.1, "top": [{"concept": names[(i + 1) % n_concepts], "coef": 0.2}]},
+            "heldout": {"top1": top3[i] / 2, "top3": top3[i], "n": 8},
+            "single_neuron": {"abs_cos": 0.1, "neuron": 3, "cos": 0.1},
+        }
+    return {"best_layer": 2, "n_concepts": n_concepts, "layers": {"2": {"concepts": concepts}}}
+
+
+def test_poorly_read_threshold():
+    assert poorly_read_threshold(49) == pytest.approx(9 / 49)  # three times chance
+    assert poorly_read_threshold(9) == pytest.approx(2 / 3)  # capped halfway between chance and 1
+    assert poorly_read_threshold(3) == 1.0 and poorly_read_threshold(2) == 1.0
+
+
+def test_poorly_read_does_not_flag_every_concept_when_few():
+    """The old rule (top3 < min(1, 3/n) * 3) flagged every concept below 100% when n <= 9."""
+    buckets = triage(_report(6, [0.9, 0.8, 0.75, 0.6, 0.3, 1.0]))
+    assert [e["concept"] for e in buckets["poorly_read"]] == ["c3", "c4"]  # below 75% (chance 50%)
+    assert triage(_report(3, [1.0, 1.0, 1.0]))["poorly_read"] == []
+    many = triage(_report(49, [0.1] + [0.9] * 48))
+    assert [e["concept"] for e in many["poorly_read"]] == ["c0"]
+
+
+def test_triage_buckets():
+    clean = triage(_report(4, [1.0] * 4, ratio=0.8))
+    assert len(clean["clean"]) == 4 and not clean["fragmented"]
+    frag = triage(_report(4, [1.0] * 4, ratio=0.2, null_median=0.3))
+    assert len(frag["fragmented"]) == 4 and "median 30%" in frag["fragmented"][0]["why"]
+
+
+def test_notes_name_the_null():
+    out = notes(_report(10, [1.0] * 10, ratio=0.2, null_median=0.3))
+    assert len(out) == 1 and "median 30%" in out[0] and "c0" in out[0]
+    assert notes(_report(10, [1.0] * 10, ratio=0.2, null_median=0.5)) == []  # the cut lies below the null
+    assert notes(_report(10, [1.0] * 10)) == []  # no null computed
