@@ -10,7 +10,7 @@ from .manifest import parse_manifest
 from .model import CheckReport, Concept, Corpus, Source, Text, TextKind
 from .text import avoid_hits, near_duplicates, split_stories
 
-KNOWN_ENTRIES = {"manifest.json", "stories", "paired", "neutral", "prompts", "README.md"}
+KNOWN_ENTRIES = {"manifest.json", "stories", "paired", "neutral", "prompts", "preferences", "README.md"}
 
 
 def _safe_files(root: Path, folder: Path, rep: CheckReport) -> list[Path]:
