@@ -1,0 +1,78 @@
+"""--device / --dtype: the same meaning and one-line errors on every command that loads a model;
+capture pools in fp32 whatever the weights' dtype (bf16 on CPU within 1e-2 of fp32)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import tiny_models
+import torch
+from click.testing import CliRunner
+
+from steerkit.capture import capture, parse_pooling
+from steerkit.cli import main
+from steerkit.corpus import load as load_corpus
+from steerkit.errors import ModelLoadError
+from steerkit.models import load
+from steerkit.models.loading import Placement, check_dtype
+
+FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(tmp_path_factory, tiny_tok) -> Path:
+    d = tmp_path_factory.mktemp("models") / "tiny-llama"
+    tiny_models.build("llama").save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    return d
+
+
+def test_placement_validates_and_cpu_runs_every_dtype():
+    assert Placement().load_kwargs() == {"device": "cpu", "dtype": None}
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        Placement(dtype="int8")
+    for dt in (None, "float32", "bfloat16", "float16"):
+        check_dtype("cpu", dt)
+
+
+@pytest.mark.parametrize("family", ["llama", "rwkv"])
+def test_bf16_capture_pools_in_fp32_close_to_fp32(family, tmp_path, tiny_tok):
+    d = tmp_path / family
+    tiny_models.build(family).save_pretrained(d)
+    tiny_tok.save_pretrained(d)
+    corpus = load_corpus(FIXTURE)
+    texts = [t.text for t in corpus.texts]
+    f32, b16 = load(str(d)), load(str(d), dtype="bfloat16")
+    assert b16.info["dtype"] == "bfloat16"
+    pooling = parse_pooling("mean_after:1")
+    a = capture(f32, texts, [1, 3], sites=("resid", "heads"), pooling=pooling)
+    b = capture(b16, texts, [1, 3], sites=("resid", "heads"), pooling=pooling)
+    for site in ("resid", "heads"):
+        for layer, x in a.site(site).items():
+            y = b.site(site)[layer]
+            assert y.dtype == torch.float32 and y.shape == x.shape
+            x2, y2 = x.reshape(len(texts), -1), y.reshape(len(texts), -1)
+            rel = (x2 - y2).norm(dim=1) / x2.norm(dim=1)
+            assert float(rel.max()) < 1e-2, (site, layer, float(rel.max()))
+    for layer in (1, 3):  # diff-of-means vectors agree in direction
+        for name in corpus.names:
+            pos = torch.tensor([name in t.concepts for t in corpus.texts])
+            va = a.resid[layer][pos].mean(0) - a.resid[layer][~pos].mean(0)
+            vb = b.resid[layer][pos].mean(0) - b.resid[layer][~pos].mean(0)
+            assert float(torch.nn.functional.cosine_similarity(va, vb, dim=0)) >= 0.999
+
+
+def test_a_dtype_the_device_cannot_run_is_one_line(tiny_dir, monkeypatch):
+    import steerkit.models.loading as loading
+
+    def no_half(device: str, dtype: str) -> None:
+        raise RuntimeError(f'"addmm_impl_cpu_" not implemented for {dtype!r}\nmore lines')
+
+    monkeypatch.setattr(loading, "_dtype_probe", no_half)
+    with pytest.raises(ModelLoadError, match="cannot run --dtype float16"):
+        load(str(tiny_dir), dtype="float16")
+    res = CliRunner().invoke(main, ["verify", "-m", str(tiny_dir), "--dtype", "float16", "--allow-untrained"])
+    assert res.exit_code == 2
+    lines = res.output.strip().splitlines()
+    assert len(lines) == 1 and "device 'cpu' cannot run --dtype float16" in lines[0], res.output
