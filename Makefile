@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install model lint clean-venv
+.PHONY: demo test install model lint analyses clean-venv
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -32,11 +32,20 @@ demo: model
 
 test: model
 	$(BIN)/steerkit corpus check corpora/
+	$(BIN)/ruff check steerkit tests benchmarks analyses
+	$(BIN)/ruff format --check steerkit tests benchmarks analyses
+	$(BIN)/mypy steerkit
 	$(BIN)/python -m pytest -q -x --durations=15
 
+# Regenerate every committed result under analyses/results/ (full runs on the default model: see
+# analyses/README.md for each one's runtime on 2 cores).
+analyses: model
+	for a in analyses/[a-z]*.py; do case $$a in */common.py) ;; *) $(BIN)/python $$a || exit 1;; esac; done
+
 lint: install
-	$(BIN)/ruff check steerkit tests
-	$(BIN)/ruff format --check steerkit tests
+	$(BIN)/ruff check steerkit tests benchmarks analyses
+	$(BIN)/ruff format --check steerkit tests benchmarks analyses
+	$(BIN)/mypy steerkit
 
 clean-venv:
 	rm -rf $(VENV)
