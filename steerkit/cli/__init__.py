@@ -79,3 +79,6 @@ from . import models as _models  # noqa: E402,F401
 from . import phase as _phase  # noqa: E402,F401
 from . import quality as _quality  # noqa: E402,F401
 from . import vectors as _vectors  # noqa: E402,F401
+from .common import guard_floats  # noqa: E402
+
+guard_floats(main)  # NaN / inf are refused by every float option, whichever command adds it

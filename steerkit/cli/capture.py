@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from . import main
-from .common import BLOCKS, POOLING, SITES, model_options
+from .common import BLOCKS, POOLING, POSITIVE_INT, SITES, model_options
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -35,10 +35,16 @@ if TYPE_CHECKING:
 @click.option(
     "--max-batch-tokens",
     default=1024,
+    type=POSITIVE_INT,
     show_default=True,
     help="Padded tokens per batch (1024 measured fastest on a 2-core CPU; raise it on a GPU).",
 )
-@click.option("--max-tokens", default=None, type=int, help="Truncate texts to this many tokens.")
+@click.option(
+    "--max-tokens",
+    default=None,
+    type=POSITIVE_INT,
+    help="Truncate texts to this many tokens (default: the model's context, with a warning when a text is longer).",
+)
 @click.option(
     "--cache-dir",
     default=None,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -121,3 +122,92 @@ class SitesType(click.ParamType):
 BLOCKS = BlockSpecType()
 POOLING = PoolingType()
 SITES = SitesType()
+
+
+class BoundedFloat(click.ParamType):
+    """A finite float (NaN and inf refused at parse time, like any other bad value), optionally
+    within bounds: low/high with low_open/high_open for strict inequalities."""
+
+    name = "FLOAT"
+
+    def __init__(
+        self, low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False
+    ) -> None:
+        self.low, self.high, self.low_open, self.high_open = low, high, low_open, high_open
+
+    def describe(self) -> str:
+        lo, hi = self.low, self.high
+        if lo is not None and hi is not None:
+            return f"a number in {'(' if self.low_open else '['}{lo:g}, {hi:g}{')' if self.high_open else ']'}"
+        if lo is not None:
+            return f"a finite number {'>' if self.low_open else '>='} {lo:g}"
+        if hi is not None:
+            return f"a finite number {'<' if self.high_open else '<='} {hi:g}"
+        return "a finite number"
+
+    def ok(self, x: float) -> bool:
+        if not math.isfinite(x):
+            return False
+        if self.low is not None and (x <= self.low if self.low_open else x < self.low):
+            return False
+        return self.high is None or (x < self.high if self.high_open else x <= self.high)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            if isinstance(value, bool):
+                raise ValueError
+            x = float(value) if isinstance(value, int | float) else float(str(value).strip())
+        except (ValueError, OverflowError) as e:
+            raise OptionError(f"{_opt(param)} must be {self.describe()}, got {value!r}", ctx, param) from e
+        if not self.ok(x):
+            raise OptionError(f"{_opt(param)} must be {self.describe()}, got {value}", ctx, param)
+        return x
+
+
+class BoundedInt(click.ParamType):
+    """An integer, optionally within [low, high]; '1.5', 'nan' and '' are refused."""
+
+    name = "INTEGER"
+
+    def __init__(self, low: int | None = None, high: int | None = None) -> None:
+        self.low, self.high = low, high
+
+    def describe(self) -> str:
+        if self.low is not None and self.high is not None:
+            return f"an integer in [{self.low}, {self.high}]"
+        if self.low is not None:
+            return f"an integer >= {self.low}"
+        return f"an integer <= {self.high}" if self.high is not None else "an integer"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        try:
+            if isinstance(value, bool) or isinstance(value, float):
+                raise ValueError
+            x = value if isinstance(value, int) else int(str(value).strip(), 10)
+        except ValueError as e:
+            raise OptionError(f"{_opt(param)} must be {self.describe()}, got {value!r}", ctx, param) from e
+        if (self.low is not None and x < self.low) or (self.high is not None and x > self.high):
+            raise OptionError(f"{_opt(param)} must be {self.describe()}, got {x}", ctx, param)
+        return x
+
+
+FINITE_FLOAT = BoundedFloat()
+POSITIVE_FLOAT = BoundedFloat(0.0, low_open=True)
+NONNEG_FLOAT = BoundedFloat(0.0)
+UNIT_FLOAT = BoundedFloat(0.0, 1.0)  # [0, 1]
+OPEN_UNIT_FLOAT = BoundedFloat(0.0, 1.0, low_open=True, high_open=True)  # (0, 1)
+POSITIVE_INT = BoundedInt(1)
+NONNEG_INT = BoundedInt(0)
+SEED = BoundedInt(0, 2**32 - 1)  # numpy's seed range
+
+
+def guard_floats(group: click.Group) -> None:
+    """Give every plain float option of every command the finite check (NaN / inf are bad values
+    everywhere); options with their own BoundedFloat keep it."""
+    for cmd in group.commands.values():
+        if isinstance(cmd, click.Group):
+            guard_floats(cmd)
+            continue
+        for p in cmd.params:
+            if isinstance(p.type, click.types.FloatParamType):
+                p.type = FINITE_FLOAT

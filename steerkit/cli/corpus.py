@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from . import main
-from .common import console
+from .common import NONNEG_FLOAT, OPEN_UNIT_FLOAT, POSITIVE_INT, SEED, console
 
 if TYPE_CHECKING:
     from ..corpus import Corpus
@@ -42,7 +42,9 @@ def _exit_on_errors(c: Corpus) -> None:
 
 @corpus.command("check")
 @click.argument("path", type=click.Path())
-@click.option("--min-positives", default=3, show_default=True, help="Fewest positives a concept may have.")
+@click.option(
+    "--min-positives", default=3, type=POSITIVE_INT, show_default=True, help="Fewest positives a concept may have."
+)
 @click.option("--allow-missing", is_flag=True, help="Concepts missing from manifest or files are warnings.")
 def corpus_check(path: str, min_positives: int, allow_missing: bool) -> None:
     """Validate a corpus: errors (exit 2, one line each) and warnings."""
@@ -88,9 +90,21 @@ def corpus_stats(path: str, as_json: bool) -> None:
 @corpus.command("pairs")
 @click.argument("path", type=click.Path())
 @click.option("--axis", required=True, help="valence, arousal (manifest scores; chosen = higher) or concept:A,B.")
-@click.option("--min-gap", default=0.3, show_default=True, help="Smallest score difference of a valence/arousal pair.")
-@click.option("--val-fraction", default=0.2, show_default=True, help="Share of scenarios held out for validation.")
-@click.option("--seed", default=0, show_default=True, help="Seed of the held-out scenario choice.")
+@click.option(
+    "--min-gap",
+    default=0.3,
+    type=NONNEG_FLOAT,
+    show_default=True,
+    help="Smallest score difference of a valence/arousal pair.",
+)
+@click.option(
+    "--val-fraction",
+    type=OPEN_UNIT_FLOAT,
+    default=0.2,
+    show_default=True,
+    help="Share of scenarios held out for validation.",
+)
+@click.option("--seed", default=0, type=SEED, show_default=True, help="Seed of the held-out scenario choice.")
 @click.option("--out", default=None, type=click.Path(), help="Output .jsonl (default: print to stdout).")
 def corpus_pairs(path: str, axis: str, min_gap: float, val_fraction: float, seed: int, out: str | None) -> None:
     """Preference pairs (prompt, chosen, rejected) from the corpus's paired scenarios, for

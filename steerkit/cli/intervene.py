@@ -5,12 +5,12 @@ from __future__ import annotations
 import click
 
 from . import main
-from .common import console
+from .common import OPEN_UNIT_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_FLOAT, BoundedInt, console
 
 
 @main.command("intervene")
 @click.option("--run", "run", default=None, type=click.Path(), help="A finished train-phase run (default: the newest).")
-@click.option("--force-R", "force_r", multiple=True, type=float, help="Forced R in [0, 1]; repeatable.")
+@click.option("--force-R", "force_r", multiple=True, type=UNIT_FLOAT, help="Forced R in [0, 1]; repeatable.")
 @click.option("--grid", default=None, help="Dose-response levels START:STOP:STEP, inclusive (e.g. 0:1:0.1).")
 @click.option(
     "--prompts",
@@ -19,7 +19,9 @@ from .common import console
     help="Prompts: .jsonl {prompt, continuation} or .txt ('prompt ||| continuation' per line). "
     "Default: corpora/prompts/default.jsonl.",
 )
-@click.option("--seeds", default=5, show_default=True, help="Sampled generations per prompt and arm.")
+@click.option(
+    "--seeds", default=5, type=POSITIVE_INT, show_default=True, help="Sampled generations per prompt and arm."
+)
 @click.option(
     "--readout", default=None, type=click.Path(), help="Concept vectors (`steerkit extract` folder) for probe measures."
 )
@@ -30,17 +32,35 @@ from .common import console
 @click.option("--out", default=None, type=click.Path(), help="Output folder (default: runs/<stamp>-intervene).")
 @click.option("--method", type=click.Choice(["vonmises", "clamp"]), default="vonmises", show_default=True,
               help="How R is forced: von Mises phase sampling or deterministic clamping.")  # fmt: skip
-@click.option("--alpha", default=0.05, show_default=True, help="Significance level after Holm correction.")
-@click.option("--max-new-tokens", default=16, show_default=True, help="Tokens per sampled generation.")
-@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature.")
-@click.option("--top-k", default=10, show_default=True, help="k of the top-k overlap measure.")
-@click.option("--distinct-n", default=2, show_default=True, help="n of the distinct-n measure.")
-@click.option("--positive-alpha", default=0.5, show_default=True,
+@click.option(
+    "--alpha", default=0.05, type=OPEN_UNIT_FLOAT, show_default=True, help="Significance level after Holm correction."
+)
+@click.option(
+    "--max-new-tokens", default=16, type=POSITIVE_INT, show_default=True, help="Tokens per sampled generation."
+)
+@click.option("--temperature", default=1.0, type=POSITIVE_FLOAT, show_default=True, help="Sampling temperature.")
+@click.option("--top-k", default=10, type=POSITIVE_INT, show_default=True, help="k of the top-k overlap measure.")
+@click.option("--distinct-n", default=2, type=POSITIVE_INT, show_default=True, help="n of the distinct-n measure.")
+@click.option("--positive-alpha", default=0.5, type=POSITIVE_FLOAT, show_default=True,
               help="Positive control strength: residual shift alpha * |R - center| * rms(h) along a fixed direction.")  # fmt: skip
-@click.option("--permutations", default=10000, show_default=True, help="Sign patterns (exact when 2^n is smaller).")
-@click.option("--bootstrap", default=2000, show_default=True, help="Bootstrap resamples for the 95% CIs.")
-@click.option("--seed", default=0, show_default=True, help="Base seed of all sampling.")
-@click.option("--batch-prompts", default=10, show_default=True, help="Prompts per forward pass (memory vs speed).")
+@click.option(
+    "--permutations",
+    default=10000,
+    type=BoundedInt(100),
+    show_default=True,
+    help="Sign patterns (exact when 2^n is smaller).",
+)
+@click.option(
+    "--bootstrap", default=2000, type=BoundedInt(100), show_default=True, help="Bootstrap resamples for the 95% CIs."
+)
+@click.option("--seed", default=0, type=SEED, show_default=True, help="Base seed of all sampling.")
+@click.option(
+    "--batch-prompts",
+    default=10,
+    type=POSITIVE_INT,
+    show_default=True,
+    help="Prompts per forward pass (memory vs speed).",
+)
 @click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, mps).")
 def intervene_cmd(
     run: str | None, force_r: tuple[float, ...], grid: str | None, prompts: str | None, seeds: int,

@@ -9,7 +9,20 @@ from typing import Any
 import click
 
 from . import main
-from .common import console, model_options
+from .common import (
+    FINITE_FLOAT,
+    NONNEG_FLOAT,
+    NONNEG_INT,
+    OPEN_UNIT_FLOAT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    UNIT_FLOAT,
+    BoundedFloat,
+    BoundedInt,
+    console,
+    model_options,
+)
 
 
 def _blocks(value: str | None, option: str) -> str | tuple[int, ...]:
@@ -64,35 +77,80 @@ def _latest_unfinished(root: Path) -> Path | None:
     help="Additive coupling direction: READOUT_DIR:CONCEPT or FILE.safetensors[:KEY] (default: learned).",
 )
 @click.option("--fixed-direction", is_flag=True, help="Keep the additive direction fixed (do not train it).")
-@click.option("--alpha", default=0.1, show_default=True, help="Initial coupling strength (learned).")
-@click.option("--oscillators", default=16, show_default=True, help="Number of Kuramoto oscillators N.")
-@click.option("--k", "k_coupling", default=2.0, show_default=True, help="Kuramoto coupling K.")
+@click.option("--alpha", default=0.1, type=FINITE_FLOAT, show_default=True, help="Initial coupling strength (learned).")
+@click.option(
+    "--oscillators", default=16, type=BoundedInt(2), show_default=True, help="Number of Kuramoto oscillators N."
+)
+@click.option("--k", "k_coupling", default=2.0, type=FINITE_FLOAT, show_default=True, help="Kuramoto coupling K.")
 @click.option("--learn-k", is_flag=True, help="Train K too.")
-@click.option("--dt", default=0.1, show_default=True, help="Euler time step (time units).")
-@click.option("--steps-per-token", default=4, show_default=True, help="Euler steps per token.")
-@click.option("--steps", default=200, show_default=True, help="Training steps (a new total with --resume).")
-@click.option("--seq-len", default=64, show_default=True, help="Tokens per training sequence.")
-@click.option("--batch-size", default=4, show_default=True, help="Sequences per step.")
-@click.option("--lr", default=3e-3, show_default=True, help="Learning rate of the phase core and coupling.")
-@click.option("--base-lr", default=1e-5, show_default=True, help="Learning rate of unfrozen base blocks.")
-@click.option("--lam", default=0.1, show_default=True, help="Weight lambda of |U - U_target| in the loss.")
-@click.option("--u-target", default=0.5, show_default=True, help="Target normalised entropy U in [0, 1].")
-@click.option("--val-every", default=10, show_default=True, help="Validate every N steps.")
-@click.option("--val-fraction", default=0.1, show_default=True, help="Share of texts held out for validation.")
-@click.option("--patience", default=10, show_default=True, help="Early stopping: validations without improvement.")
+@click.option("--dt", default=0.1, type=POSITIVE_FLOAT, show_default=True, help="Euler time step (time units).")
+@click.option("--steps-per-token", default=4, type=POSITIVE_INT, show_default=True, help="Euler steps per token.")
+@click.option(
+    "--steps", default=200, type=POSITIVE_INT, show_default=True, help="Training steps (a new total with --resume)."
+)
+@click.option("--seq-len", default=64, type=BoundedInt(2), show_default=True, help="Tokens per training sequence.")
+@click.option("--batch-size", default=4, type=POSITIVE_INT, show_default=True, help="Sequences per step.")
+@click.option(
+    "--lr", default=3e-3, type=POSITIVE_FLOAT, show_default=True, help="Learning rate of the phase core and coupling."
+)
+@click.option(
+    "--base-lr", default=1e-5, type=POSITIVE_FLOAT, show_default=True, help="Learning rate of unfrozen base blocks."
+)
+@click.option(
+    "--lam", default=0.1, type=NONNEG_FLOAT, show_default=True, help="Weight lambda of |U - U_target| in the loss."
+)
+@click.option(
+    "--u-target", default=0.5, type=UNIT_FLOAT, show_default=True, help="Target normalised entropy U in [0, 1]."
+)
+@click.option("--val-every", default=10, type=POSITIVE_INT, show_default=True, help="Validate every N steps.")
+@click.option(
+    "--val-fraction",
+    default=0.1,
+    type=OPEN_UNIT_FLOAT,
+    show_default=True,
+    help="Share of texts held out for validation.",
+)
+@click.option(
+    "--patience",
+    default=10,
+    type=POSITIVE_INT,
+    show_default=True,
+    help="Early stopping: validations without improvement.",
+)
 @click.option(
     "--plateau-share",
     default=0.2,
+    type=BoundedFloat(0.0, 1.0, low_open=True),
     show_default=True,
     help="Plateau: no improvement for this share of the steps cuts the lr.",
 )
-@click.option("--lr-factor", default=0.5, show_default=True, help="Lr multiplier on a plateau (0.5-0.7).")
-@click.option("--checkpoint-every", default=50, show_default=True, help="Checkpoint every N steps.")
-@click.option("--keep-last", default=5, show_default=True, help="Checkpoints kept.")
+@click.option(
+    "--lr-factor",
+    default=0.5,
+    type=BoundedFloat(0.5, 0.7),
+    show_default=True,
+    help="Lr multiplier on a plateau (0.5-0.7).",
+)
+@click.option("--checkpoint-every", default=50, type=POSITIVE_INT, show_default=True, help="Checkpoint every N steps.")
+@click.option("--keep-last", default=5, type=POSITIVE_INT, show_default=True, help="Checkpoints kept.")
 @click.option("--unfreeze", default=None, help="Base blocks to train too, e.g. 14,15 (default: none).")
-@click.option("--lora-rank", default=0, show_default=True, help="> 0: train LoRA adapters (peft) of this rank too.")
-@click.option("--lora-alpha", default=16.0, show_default=True, help="LoRA scale numerator (update = alpha/rank * B A).")
-@click.option("--lora-lr", default=1e-4, show_default=True, help="Learning rate of the LoRA adapters.")
+@click.option(
+    "--lora-rank",
+    default=0,
+    type=NONNEG_INT,
+    show_default=True,
+    help="> 0: train LoRA adapters (peft) of this rank too.",
+)
+@click.option(
+    "--lora-alpha",
+    default=16.0,
+    type=POSITIVE_FLOAT,
+    show_default=True,
+    help="LoRA scale numerator (update = alpha/rank * B A).",
+)
+@click.option(
+    "--lora-lr", default=1e-4, type=POSITIVE_FLOAT, show_default=True, help="Learning rate of the LoRA adapters."
+)
 @click.option(
     "--lora-blocks", default=None, help="Blocks whose linear layers get LoRA, e.g. 14 or 10:20 (default: all)."
 )
@@ -110,7 +168,11 @@ def _latest_unfinished(root: Path) -> Path | None:
     help="Preference pairs: JSONL of {prompt, chosen, rejected} or a datasets save_to_disk folder (see docs/preference.md).",
 )
 @click.option(
-    "--beta", default=0.1, show_default=True, help="DPO beta (sigmoid loss) / ORPO lambda of the odds-ratio term."
+    "--beta",
+    default=0.1,
+    type=POSITIVE_FLOAT,
+    show_default=True,
+    help="DPO beta (sigmoid loss) / ORPO lambda of the odds-ratio term.",
 )
 @click.option(
     "--from",
@@ -126,8 +188,12 @@ def _latest_unfinished(root: Path) -> Path | None:
     show_default=True,
     help="Optimizer of trained base weights (--unfreeze, LoRA); the phase core always uses AdamW.",
 )
-@click.option("--apollo-rank", default=None, type=int, help="APOLLO projection rank (default 256; APOLLO-Mini 1).")
-@click.option("--seed", default=0, show_default=True, help="Random seed (initialisation, data split and order).")
+@click.option(
+    "--apollo-rank", default=None, type=POSITIVE_INT, help="APOLLO projection rank (default 256; APOLLO-Mini 1)."
+)
+@click.option(
+    "--seed", default=0, type=SEED, show_default=True, help="Random seed (initialisation, data split and order)."
+)
 @click.option("--out", default=None, type=click.Path(), help="Folder holding runs (default $STEERKIT_RUNS or ./runs).")
 @click.option("--name", default=None, help="Run name (folder under --out); default: a timestamped name.")
 @click.option(

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from . import main
+from .common import POSITIVE_FLOAT, SEED, BoundedInt
 
 
 @main.command("quality-report")
@@ -17,9 +18,21 @@ from . import main
     default=None,
     help="Recompute missing activations with this model (default: use the run's saved activations).",
 )
-@click.option("--ridge-lambda", default=0.01, show_default=True, help="Ridge strength for redundancy (no intercept).")
-@click.option("--folds", default=5, show_default=True, help="k for the held-out readout (k-fold over stories).")
-@click.option("--seed", default=0, show_default=True, help="Seed of the fold assignment.")
+@click.option(
+    "--ridge-lambda",
+    default=0.01,
+    type=POSITIVE_FLOAT,
+    show_default=True,
+    help="Ridge strength for redundancy (no intercept).",
+)
+@click.option(
+    "--folds",
+    default=5,
+    type=BoundedInt(2),
+    show_default=True,
+    help="k for the held-out readout (k-fold over stories).",
+)
+@click.option("--seed", default=0, type=SEED, show_default=True, help="Seed of the fold assignment.")
 def quality_report(run: str | None, model: str | None, ridge_lambda: float, folds: int, seed: int) -> None:
     """Is each concept vector any good? Writes quality.json, quality.md and PNGs into RUN
     (default: the latest `steerkit extract` run under runs/)."""
