@@ -33,6 +33,7 @@ from ..corpus import Corpus
 from ..corpus import load as load_corpus
 from ..io import atomic_save_safetensors, atomic_write_bytes
 from ..models import LoadedModel, load, preflight
+from ..models.loading import Placement
 from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
 from .methods import MethodInputs, get_method
@@ -144,7 +145,7 @@ def vectors_from_texts(
         x = MethodInputs(acts[:n], pos, ~pos, scenario, acts[n:] if neutral else None)
         vecs[layer], norms[layer] = m.fn(x)
         centers[layer] = acts[:n].mean(0)
-    model_meta = {k: lm.info.get(k) for k in ("spec", "family", "fingerprint")}
+    model_meta = {k: lm.info.get(k) for k in ("spec", "family", "model_type", "fingerprint")}
     cv = ConceptVectors(
         list(names), list(res.layers), vecs, norms, centers=centers,
         meta={"model": model_meta | {"n_blocks": lm.adapter.n_blocks(lm.model)}, "method": method,
@@ -198,13 +199,15 @@ def extract(
     lm: LoadedModel | None = None,
     progress: Callable[[int, int], None] | None = None,
     echo: Callable[[str], None] = log.info,
+    placement: Placement | None = None,
 ) -> Path:
-    """extract_vectors on a story corpus, then write the run folder; return it."""
+    """extract_vectors on a story corpus, then write the run folder; return it. placement: where
+    and in which dtype the model is loaded when `lm` is not given (activations are fp32 anyway)."""
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.stories)  # all validation before any model is loaded
     spec = cfg.model or DEFAULT_MODEL
     out = prepare_out(Path(cfg.out), "extract", create=False) if cfg.out else new_run_dir(Path(spec).name, cfg.method)
-    lm = lm or load(spec)
+    lm = lm or load(spec, **(placement or Placement()).load_kwargs())
     if cfg.preflight:
         rep = preflight.check(lm, allow_untrained=cfg.allow_untrained)
         t = rep.table

@@ -76,3 +76,27 @@ def test_a_dtype_the_device_cannot_run_is_one_line(tiny_dir, monkeypatch):
     assert res.exit_code == 2
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and "device 'cpu' cannot run --dtype float16" in lines[0], res.output
+
+
+def test_extract_steer_read_take_device_and_dtype(tiny_dir, tmp_path):
+    """extract --dtype bfloat16 gives the fp32 run's vectors (cosine >= 0.999); steer and read load
+    with the same options; --vectors-dtype is the saved vectors' dtype."""
+    from steerkit.vectors import ConceptVectors
+
+    runs = {}
+    for dt in ("float32", "bfloat16"):
+        out = tmp_path / dt
+        args = ["extract", "--stories", str(FIXTURE), "-m", str(tiny_dir), "--layers", "1,3", "--dtype", dt]
+        res = CliRunner().invoke(main, [*args, "--device", "cpu", "--out", str(out), "--allow-untrained", "--no-cache"])
+        assert res.exit_code == 0, res.output
+        runs[dt] = ConceptVectors.load(out)
+    for layer in (1, 3):
+        cos = (runs["float32"].vectors[layer] * runs["bfloat16"].vectors[layer]).sum(1)
+        assert float(cos.min()) >= 0.999
+    run = str(tmp_path / "bfloat16")
+    placed = ["--dtype", "bfloat16", "--device", "cpu"]
+    steer = ["steer", "--vectors", run, "--concept", "calm=2", "--prompt", "The lake", "--max-new-tokens", "3"]
+    read = ["read", "--vectors", run, "--text", "The lake."]
+    for args in (steer, read):
+        res = CliRunner().invoke(main, [*args, *placed])
+        assert res.exit_code == 0, res.output
