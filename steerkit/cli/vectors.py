@@ -10,7 +10,7 @@ import click
 
 from ..vectors.methods import METHODS
 from . import main
-from .common import BLOCKS, POOLING, console, device_options
+from .common import BLOCKS, POOLING, POSITIVE_INT, SEED, console, device_options
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 @click.option(
     "--max-batch-tokens",
     default=1024,
+    type=POSITIVE_INT,
     show_default=True,
     help="Padded tokens per forward batch (1024 measured fastest on a 2-core CPU; raise it on a GPU).",
 )
@@ -102,6 +103,8 @@ def extract(
 
 
 def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
+    import math
+
     from ..errors import SteerkitError
 
     out: dict[str, float] = {}
@@ -111,20 +114,22 @@ def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
             out[name.strip()] = float(val) if sep else 1.0
         except ValueError as e:
             raise SteerkitError(f"--concept {p!r}: use NAME=ALPHA, e.g. calm=4") from e
+        if not math.isfinite(out[name.strip()]):
+            raise SteerkitError(f"--concept {p!r}: ALPHA must be a finite number, e.g. calm=4")
     if not out:
         raise SteerkitError("give at least one --concept NAME=ALPHA")
     return out
 
 
 def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
+    from ..errors import ReadoutError
+    from ..validate import QUALITY_BEST_LAYER_SCHEMA, read_json
+
     q = vectors_dir / "quality.json"
     if q.is_file():
-        try:
-            best = json.loads(q.read_text()).get("best_layer")
-            if best in layers:
-                return int(best)
-        except json.JSONDecodeError:
-            pass
+        best = read_json(q, "quality report", ReadoutError, QUALITY_BEST_LAYER_SCHEMA).get("best_layer")
+        if best in layers:
+            return int(best)
     return layers[len(layers) // 2]
 
 
@@ -162,7 +167,7 @@ def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -
     help="add: h + alpha v; project_out: remove the concepts' component; ablate_then_add: remove, then add.",
 )
 @click.option("--prompt", required=True, help="Prompt text.")
-@click.option("--max-new-tokens", default=60, show_default=True)
+@click.option("--max-new-tokens", default=60, type=POSITIVE_INT, show_default=True)
 @click.option(
     "--scale",
     type=click.Choice(["absolute", "relative"]),
@@ -172,7 +177,7 @@ def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -
 )
 @click.option("--compare", is_flag=True, help="Also show the unsteered text (same seed).")
 @click.option("--sample/--greedy", default=False, help="Sample (seeded) instead of greedy decoding.")
-@click.option("--seed", default=0, show_default=True)
+@click.option("--seed", default=0, type=SEED, show_default=True)
 @click.option("--model", "-m", default=None, help="Model spec (default: the one the vectors were made with).")
 @device_options
 def steer(
@@ -241,7 +246,7 @@ def steer(
 @click.option("--text", default=None, help="Text to read.")
 @click.option("--file", "file_", default=None, type=click.Path(), help="Read the text from a file.")
 @click.option("--layer", type=int, default=None, help="Block (default: best_layer, else the middle one).")
-@click.option("--top", default=5, show_default=True, help="Concepts to show per token and pooled.")
+@click.option("--top", default=5, type=POSITIVE_INT, show_default=True, help="Concepts to show per token and pooled.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 @click.option("--model", "-m", default=None, help="Model spec (default: the one the vectors were made with).")
 @device_options
