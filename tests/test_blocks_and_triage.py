@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from steerkit.capture.layers import BlockSpec, check_blocks, default_spread, parse_layers
 from steerkit.cli import main
 from steerkit.errors import LayerSpecError
-from steerkit.quality.report import notes, poorly_read_threshold, triage
+from steerkit.quality.triage import notes, poorly_read_threshold, triage
 
 
 @pytest.mark.parametrize(
