@@ -17,6 +17,7 @@ Samplers (an apparatus check, `choose_sampler`, picks the first that reproduces 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -52,11 +53,12 @@ class Sampler:
 
 
 def _generate(
-    lm: Any, ids: torch.Tensor, mask: torch.Tensor, sampler: Sampler, gc: Any, hook: Any, share: int = 1
+    lm: Any, ids: torch.Tensor, mask: torch.Tensor, sampler: Any, gc: Any, hook: Any, share: int = 1
 ) -> torch.Tensor:
     """generate() on a left-padded batch of distinct prompts (b, P), each drawn `share` times (rows
-    prompt-major). A pre-hook hands each call's mask to the PhaseHook. With share > 1 the prompts but
-    their last token are run once and the cache and the phases copied `share` times."""
+    prompt-major). A pre-hook hands each call's mask to the PhaseHook (hook None: no phase core, e.g.
+    steer-eval). With share > 1 the prompts but their last token are run once and the cache and the
+    phases copied `share` times."""
     from transformers import LogitsProcessorList
 
     def pre(module: Any, args: Any, kwargs: dict[str, Any]) -> None:
@@ -64,7 +66,7 @@ def _generate(
         hook.mask = None if am is None or x is None else am[:, -x.shape[1] :]
 
     kw: dict[str, Any] = {}
-    handle = lm.model.register_forward_pre_hook(pre, with_kwargs=True)
+    handle = lm.model.register_forward_pre_hook(pre, with_kwargs=True) if hook is not None else None
     try:
         with torch.no_grad():
             if share > 1 and ids.shape[1] > 1:
@@ -79,12 +81,13 @@ def _generate(
                 ids, attention_mask=mask, generation_config=gc, logits_processor=LogitsProcessorList([sampler]), **kw
             )
     finally:
-        handle.remove()
-        hook.mask = None
+        if handle is not None:
+            handle.remove()
+            hook.mask = None
     return out[:, ids.shape[1] :].cpu()  # (rows, <= G) new tokens
 
 
-def _recompute(lm: Any, ids: torch.Tensor, sampler: Sampler, gc: Any) -> torch.Tensor:
+def _recompute(lm: Any, ids: torch.Tensor, sampler: Any, gc: Any) -> torch.Tensor:
     """generate()'s greedy loop without a cache (one prompt, no padding): a full forward per token.
     Rows that emitted EOS get pad tokens; every row's sampler draws at every step, as in generate()."""
     x, done = ids, torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
@@ -180,19 +183,25 @@ def choose_sampler(setup: Setup, prompts: list[Prepared], cfg: InterveneConfig) 
     ps = [ps[0], ps[-1]] if len(ps) > 1 else ps  # two prompt lengths, so that left padding is exercised
     small = InterveneConfig(levels=cfg.levels, max_new_tokens=min(6, cfg.max_new_tokens), temperature=cfg.temperature)
     seeds = [[1, 2, 3] for _ in ps]
-    outs = {}
-    for name in ("recompute", "batched", "generate"):
-        if name == "batched" and setup.lm.adapter.recurrent:
-            continue
+
+    def run(name: str) -> dict[str, Any]:
         s = Setup(setup.lm, setup.core, setup.coupling, setup.layer, name)
         with arm(s, setup.coupling, None, cfg.method, detached=False, carry_state=s.carry_state) as hook:
-            outs[name] = generate_rows(s, hook, ps, seeds, small)
-        if name != "recompute" and _same(outs[name], outs["recompute"]):
+            return generate_rows(s, hook, ps, seeds, small)
+
+    return pick_sampler(run, _same, bool(setup.lm.adapter.recurrent), str(setup.lm.info.get("spec", "model")))
+
+
+def pick_sampler(run: Callable[[str], Any], same: Callable[[Any, Any], bool], recurrent: bool, spec: str) -> str:
+    """The first sampler in SAMPLERS whose output run(name) equals run("recompute") by `same`
+    ("batched" is skipped for recurrent families); "recompute" when none does."""
+    ref = run("recompute")
+    for name in ("batched", "generate"):
+        if name == "batched" and recurrent:
+            continue
+        if same(run(name), ref):
             return name
-    log.warning(
-        "%s: cached generate() disagrees with full recomputation; sampling by recomputation (slower)",
-        setup.lm.info.get("spec", "model"),
-    )
+    log.warning("%s: cached generate() disagrees with full recomputation; sampling by recomputation (slower)", spec)
     return "recompute"
 
 

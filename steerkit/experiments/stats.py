@@ -12,6 +12,10 @@
 - `effect_size`: mean, sd, Cohen's d_z = mean / sd of the paired differences, median.
 - `spearman` / `trend_test`: Spearman's rho with average ranks for ties; the trend test computes
   rho between dose and effect within each prompt and sign-flip tests the rho_i across prompts.
+- `draws_test`: is x one more draw from the (normal) population that R control draws came from?
+  t = (x - mean) / (s sqrt(1 + 1/R)) ~ t_{R-1} under H0 (the prediction interval for a new
+  observation; Hahn & Meeker, Statistical Intervals, 1991, sec. 4.7). Exact for normal draws,
+  also when all R + 1 values share a common (equicorrelated) component.
 """
 
 from __future__ import annotations
@@ -182,3 +186,28 @@ def trend_test(
     rhos = np.array([spearman(dose[i], effect[i]) for i in range(len(dose))])  # (n_prompts,)
     p = sign_flip_test(rhos, "two-sided", n_perm, rng)
     return {"rho": float(rhos.mean()), "p": p, "n": len(rhos)}
+
+
+def draws_test(x: float, draws: np.ndarray | list[float], alternative: Alternative = "greater") -> float:
+    """p-value of H0: x and the R control draws (R,) are exchangeable normal draws (module doc).
+    'greater': a large x is evidence. Needs R >= 2; equal draws give p = 0 or 1 (x beyond them or not)."""
+    _check_alt(alternative)
+    r = _finite(draws)
+    if len(r) < 2:
+        raise ValueError("need at least two control draws")
+    if not math.isfinite(x):
+        raise ValueError("x must be finite")
+    from scipy.stats import t as t_dist
+
+    m, s = float(r.mean()), float(r.std(ddof=1))
+    diff = x - m
+    if s <= ZERO_TOL * max(1.0, abs(m)):
+        hit = {"greater": diff > 0, "less": diff < 0, "two-sided": diff != 0}[alternative]
+        return 0.0 if hit else 1.0
+    t = diff / (s * math.sqrt(1.0 + 1.0 / len(r)))
+    df = len(r) - 1
+    if alternative == "greater":
+        return float(t_dist.sf(t, df))
+    if alternative == "less":
+        return float(t_dist.cdf(t, df))
+    return float(min(1.0, 2.0 * t_dist.sf(abs(t), df)))

@@ -1,0 +1,99 @@
+"""`steerkit steer-eval`: does adding a concept vector make the text express it, and at what cost?"""
+
+from __future__ import annotations
+
+import math
+
+import click
+
+from . import main
+from .common import console
+
+
+def _floats(spec: str, what: str) -> tuple[float, ...]:
+    from ..errors import ExperimentError
+
+    try:
+        vals = tuple(float(x) for x in spec.split(",") if x.strip())
+    except ValueError as e:
+        raise ExperimentError(f"{what} {spec!r}: give comma-separated numbers, e.g. 0,2,4,8") from e
+    bad = [v for v in vals if not math.isfinite(v)]
+    if bad:
+        raise ExperimentError(f"{what} {spec!r}: every value must be a finite number (got {bad[0]})")
+    if not vals:
+        raise ExperimentError(f"{what} is empty; give comma-separated numbers, e.g. 0,2,4,8")
+    return vals
+
+
+@main.command("steer-eval")
+@click.option("--vectors", "vectors", default=None, type=click.Path(), help="An extract run (default: the latest).")
+@click.option("--model", "-m", default=None, help="Model spec (default: the run's; another model is refused).")
+@click.option("--concepts", default="all", show_default=True, help="Concepts to steer: a,b,c or all.")
+@click.option("--layers", default="auto", show_default=True,
+              help="Blocks to steer (run layers): 10,15,20 or auto (the run layers nearest 1/3, 1/2, 2/3 of depth).")  # fmt: skip
+@click.option("--alphas", default="0,2,4,8", show_default=True, help="Strengths; 0 (unsteered) is always run.")
+@click.option("--scale", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
+              help="absolute: alpha x raw diff-of-means; relative: alpha x local hidden norm x unit vector.")  # fmt: skip
+@click.option("--prompts", default=None, type=click.Path(),
+              help="Prompts (.jsonl {prompt} or one per line). Default: corpora/prompts/neutral_openings.jsonl.")  # fmt: skip
+@click.option(
+    "--seeds", default=2, show_default=True, help="Sampled continuations per prompt (same seeds in every arm)."
+)
+@click.option(
+    "--greedy", is_flag=True, help="Greedy decoding instead of seeded sampling (one continuation per prompt)."
+)
+@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature.")
+@click.option("--max-new-tokens", default=40, show_default=True, help="Tokens per continuation.")
+@click.option("--random-draws", default=8, show_default=True, help="Random directions per layer (the control).")
+@click.option("--max-nll-increase", default=1.0, show_default=True,
+              help="Operating points keep the NLL increase at or below this (nat/token).")  # fmt: skip
+@click.option("--min-success", default=0.5, show_default=True, help="Least success rate of an operating point.")
+@click.option("--top", default=3, show_default=True, help="Success = the steered concept among the top N read.")
+@click.option(
+    "--readout-layer", default=None, type=int, help="Layer the continuations are read at (default: best_layer)."
+)
+@click.option("--significance", default=0.05, show_default=True, help="Level of the claims after Holm over the grid.")
+@click.option("--seed", default=0, show_default=True, help="Base seed (sampling and random directions).")
+@click.option("--batch-rows", default=128, show_default=True, help="Generations per generate() call (memory vs speed).")
+@click.option("--out", default=None, type=click.Path(), help="Output folder (default: the vectors run).")
+@click.option("--no-cache", is_flag=True, help="Do not read or write the row cache (no resume).")
+@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, mps).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Weight dtype.")
+def steer_eval_cmd(
+    vectors: str | None, model: str | None, concepts: str, layers: str, alphas: str, scale: str, prompts: str | None,
+    seeds: int, greedy: bool, temperature: float, max_new_tokens: int, random_draws: int, max_nll_increase: float,
+    min_success: float, top: int, readout_layer: int | None, significance: float, seed: int, batch_rows: int,
+    out: str | None, no_cache: bool, device: str, dtype: str | None,
+) -> None:  # fmt: skip
+    """Does adding a concept vector make the model write text that expresses the concept, and what
+    does it cost in fluency? Steers every concept x layer x alpha on neutral prompts, re-reads each
+    continuation with the unsteered model, compares with random directions of the same norm, and
+    picks an operating point per concept. Writes steer_eval.json, steer_eval.md and three figures
+    into the vectors run (docs/steer-eval.md)."""
+    from ..errors import ExperimentError
+    from ..experiments.steer_eval import SteerEvalConfig, evaluate
+    from .progress import progress_bar
+
+    names = tuple(c.strip() for c in concepts.split(",") if c.strip())
+    if not names:
+        raise ExperimentError("--concepts is empty; give names (a,b) or all")
+    try:
+        cfg = SteerEvalConfig(
+            concepts=() if [n.lower() for n in names] == ["all"] else names, layers=layers,
+            alphas=_floats(alphas, "--alphas"), scale=scale, seeds=seeds, seed=seed, max_new_tokens=max_new_tokens,
+            temperature=temperature, greedy=greedy, random_draws=random_draws, max_nll_increase=max_nll_increase,
+            min_success=min_success, top=top, significance=significance, readout_layer=readout_layer,
+            batch_rows=batch_rows,
+        )  # fmt: skip
+    except ValueError as e:
+        raise ExperimentError(str(e)) from e
+    with progress_bar("steer-eval", unit="rows") as update:
+        out_dir, rep = evaluate(
+            cfg, vectors, prompts, out, model=model, device=device, dtype=dtype, cache=not no_cache, progress=update
+        )
+    s = rep["summary"]
+    console().print(
+        f"steerable: {s['n_steerable']} of {s['n_concepts']} concepts ({s['share_steerable']:.0%}); random control "
+        f"success {s['random_success']:.1%}; {rep['stats']['rows']} rows in {rep['stats']['seconds']:.0f} s"
+    )
+    click.echo(f"report: {out_dir}/steer_eval.md")
