@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
-from .common import POSITIVE_FLOAT, SEED, BoundedInt
+from .common import POSITIVE_FLOAT, SEED, BoundedInt, device_options
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 @main.command("quality-report")
@@ -18,6 +22,7 @@ from .common import POSITIVE_FLOAT, SEED, BoundedInt
     default=None,
     help="Recompute missing activations with this model (default: use the run's saved activations).",
 )
+@device_options
 @click.option(
     "--ridge-lambda",
     default=0.01,
@@ -33,7 +38,9 @@ from .common import POSITIVE_FLOAT, SEED, BoundedInt
     help="k for the held-out readout (k-fold over stories).",
 )
 @click.option("--seed", default=0, type=SEED, show_default=True, help="Seed of the fold assignment.")
-def quality_report(run: str | None, model: str | None, ridge_lambda: float, folds: int, seed: int) -> None:
+def quality_report(
+    run: str | None, model: str | None, placement: Placement, ridge_lambda: float, folds: int, seed: int
+) -> None:
     """Is each concept vector any good? Writes quality.json, quality.md and PNGs into RUN
     (default: the latest `steerkit extract` run under runs/)."""
     from ..errors import RunDirError, SteerkitError
@@ -56,7 +63,7 @@ def quality_report(run: str | None, model: str | None, ridge_lambda: float, fold
     except ValueError as e:
         raise SteerkitError(str(e)) from e
     if model is not None and not (run_dir / "activations.safetensors").is_file():
-        _recapture(run_dir, model)
+        _recapture(run_dir, model, placement)
     report = write_report(run_dir, cfg)
     best = report["layers"][str(report["best_layer"])]
     click.echo(
@@ -78,7 +85,7 @@ def quality_report(run: str | None, model: str | None, ridge_lambda: float, fold
             click.echo("    - ... (all suggestions in quality.md)")
 
 
-def _recapture(run_dir: Path, model: str) -> None:
+def _recapture(run_dir: Path, model: str, placement: Placement) -> None:
     """Recompute the activations of a run whose activations file is gone, from its corpus."""
     import json
 
@@ -96,7 +103,7 @@ def _recapture(run_dir: Path, model: str) -> None:
     corpus = load_corpus(corpus_path)
     if corpus.sha256() != cv.meta["corpus"]["sha256"]:
         raise RunDirError("the corpus changed since extraction; re-run `steerkit extract` instead")
-    lm = load(model)
+    lm = load(model, **placement.load_kwargs())
     want = cv.meta.get("model", {})
     if want.get("fingerprint") and lm.info["fingerprint"] != want["fingerprint"]:
         raise RunDirError(
