@@ -100,13 +100,21 @@ def corpus_stats(path: str, as_json: bool) -> None:
 @click.option(
     "--val-fraction",
     type=OPEN_UNIT_FLOAT,
-    default=0.2,
+    default=0.3,
     show_default=True,
     help="Share of scenarios held out for validation.",
 )
+@click.option(
+    "--max-prompt-words",
+    default=30,
+    show_default=True,
+    help="Cut the shared opening at the last sentence end within this many words (0: no limit).",
+)
 @click.option("--seed", default=0, type=SEED, show_default=True, help="Seed of the held-out scenario choice.")
 @click.option("--out", default=None, type=click.Path(), help="Output .jsonl (default: print to stdout).")
-def corpus_pairs(path: str, axis: str, min_gap: float, val_fraction: float, seed: int, out: str | None) -> None:
+def corpus_pairs(
+    path: str, axis: str, min_gap: float, val_fraction: float, max_prompt_words: int, seed: int, out: str | None
+) -> None:
     """Preference pairs (prompt, chosen, rejected) from the corpus's paired scenarios, for
     `steerkit train-phase --objective dpo|orpo --pairs FILE`."""
     from ..errors import CorpusError
@@ -119,7 +127,9 @@ def corpus_pairs(path: str, axis: str, min_gap: float, val_fraction: float, seed
         raise CorpusError(f"--out {out} is a folder; give a .jsonl file name")
     c = _load(path)
     _exit_on_errors(c)
-    rows, counts = make_pairs(c, axis, min_gap=min_gap, val_fraction=val_fraction, seed=seed)
+    rows, counts = make_pairs(
+        c, axis, min_gap=min_gap, val_fraction=val_fraction, seed=seed, max_prompt_words=max_prompt_words or None
+    )
     if out:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
         write_pairs(out, rows)

@@ -51,6 +51,27 @@ class Probe:
 
 
 @dataclass
+class HeldoutPairs:
+    """A preference run's held-out pairs for the pref_margin measure: tokens, which pairs, and whether
+    a completion is scored by its summed (DPO) or mean (ORPO) token log-prob."""
+
+    tokens: Any  # training.pairs.TokenizedPairs
+    indices: list[int]
+    mean: bool = False
+    batch_size: int = 8
+
+
+def load_heldout_pairs(train_cfg: Any, tokenizer: Any) -> HeldoutPairs | None:
+    """The held-out pairs of a DPO / ORPO run (None for other runs), split as training split them."""
+    if getattr(train_cfg, "objective", "ce") == "ce" or not getattr(train_cfg, "pairs", None):
+        return None
+    from ..training.preference import run_pairs
+
+    tp, _, val = run_pairs(train_cfg, tokenizer)
+    return HeldoutPairs(tp, val, mean=train_cfg.objective == "orpo", batch_size=max(1, int(train_cfg.batch_size)))
+
+
+@dataclass
 class Results:
     prompts: list[Prepared]
     config: InterveneConfig
@@ -88,8 +109,10 @@ def run_intervention(
     readout: Any = None,
     progress: Progress | None = None,
     experiments: tuple[str, ...] = EXPERIMENTS,
+    pairs: HeldoutPairs | None = None,
 ) -> Results:
-    """Run the experiments; the core's modes and the global RNG state are restored afterwards."""
+    """Run the experiments; the core's modes and the global RNG state are restored afterwards.
+    pairs: a preference run's held-out pairs, which add the pref_margin measure."""
     t0 = time.perf_counter()
     if not prompts:
         raise ExperimentError("no prompts; pass a non-empty --prompts file")
@@ -115,7 +138,7 @@ def run_intervention(
             for name in experiments:
                 if name not in EXPERIMENTS:
                     raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {name!r}")
-                res.experiments[name] = run_experiment(setup, prepared, cfg, name, probe, tick)
+                res.experiments[name] = run_experiment(setup, prepared, cfg, name, probe, tick, pairs)
     finally:
         setup.core.train(was_training)
     res.seconds = time.perf_counter() - t0
@@ -129,6 +152,7 @@ def run_experiment(
     name: str,
     probe: Probe | None = None,
     tick: Any = None,
+    pairs: HeldoutPairs | None = None,
 ) -> ExperimentData:
     """One experiment: per prompt, the free arm and one forced arm per level, teacher-forced and
     sampled; prompts go through the model cfg.batch_prompts at a time."""
@@ -201,7 +225,33 @@ def run_experiment(
             for i in chunk:
                 tick(i)
     data.washout = [mean_profiles(pr) for pr in profiles]
+    if pairs is not None and pairs.indices:
+        arms = [pair_margins(setup, coupling, r, pairs, **kw) for r in (None, *cfg.levels)]  # each (n_pairs,)
+        data.arms[M.PREF_MARGIN] = np.stack(arms, 1)  # (n_pairs, 1 + L)
+        data.diffs[M.PREF_MARGIN] = data.arms[M.PREF_MARGIN][:, 1:] - data.arms[M.PREF_MARGIN][:, :1]
     return data
+
+
+def pair_margins(
+    setup: Setup, coupling: Any, level: float | None, pairs: HeldoutPairs, method: str, detached: bool
+) -> np.ndarray:
+    """Teacher-forced preference margin of every held-out pair in one arm: (n_pairs,)."""
+    from ..training.objectives import completion_logps
+    from ..training.pairs import pair_batch
+
+    dev = next(setup.lm.model.parameters()).device
+    out: list[np.ndarray] = []
+    with arm(setup, coupling, level, method, detached=detached) as hook, torch.no_grad():
+        for i in range(0, len(pairs.indices), pairs.batch_size):
+            idx = pairs.indices[i : i + pairs.batch_size]
+            ids, att, cm = (x.to(dev) for x in pair_batch(pairs.tokens, idx, pad_id(setup.lm)))  # (2b, T)
+            hook.mask = att
+            logits = setup.lm.model(ids, attention_mask=att, use_cache=False).logits
+            hook.mask = None
+            sums, means = completion_logps(logits, ids, cm)  # (2b,)
+            lp = means if pairs.mean else sums
+            out.append(M.preference_margin(lp[: len(idx)], lp[len(idx) :]).cpu().numpy())
+    return np.concatenate(out)
 
 
 def _pred(pp: Prepared) -> slice:

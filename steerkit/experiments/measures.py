@@ -6,6 +6,10 @@ Teacher-forced on the fixed continuation (positions that predict continuation to
 - entropy:  U_forced - U_free, U = H(p) / log V (phase.metrics.normalized_entropy).
 - nll:      mean -log p(continuation token), forced minus free (nats per token).
 - probe:<c> change of the mean concept score (h - center) . v_c at the readout layer.
+- pref_margin: on a preference-trained run (DPO / ORPO), per held-out pair, the change of the
+            preference margin log pi(chosen | prompt) - log pi(rejected | prompt) (summed token
+            log-probs for DPO, token means for ORPO, as each objective scores a completion);
+            the rows of this measure are the run's held-out pairs, not the prompts.
 Sampled generations (each arm samples with its own seeds):
 - distinct: distinct-n = unique n-grams / n-grams of one generation (Li et al., NAACL 2016),
             averaged over the seeds; forced minus free.
@@ -30,7 +34,13 @@ MEASURES: dict[str, tuple[str, str, str]] = {
     "distinct": ("two-sided", "fraction", "change in distinct-n of sampled generations"),
     "length": ("two-sided", "tokens", "change in the length of sampled generations"),
     "gen_entropy": ("two-sided", "U (0-1)", "change in U along sampled generations"),
+    "pref_margin": (
+        "two-sided",
+        "nats",
+        "change in the held-out preference margin log p(chosen) - log p(rejected), per held-out pair",
+    ),
 }
+PREF_MARGIN = "pref_margin"
 DIVERGENCES = ("kl", "topk")  # >= 0 by construction: one-sided tests, dose = |R - R_free|
 PROBE_PREFIX = "probe:"
 
@@ -67,6 +77,11 @@ def topk_overlap(logits_a: torch.Tensor, logits_b: torch.Tensor, k: int) -> torc
     ib = logits_b.topk(k, dim=-1).indices  # (..., k)
     hit = (ia.unsqueeze(-1) == ib.unsqueeze(-2)).any(-1)  # (..., k)
     return hit.double().sum(-1) / k
+
+
+def preference_margin(chosen_logps: torch.Tensor, rejected_logps: torch.Tensor) -> torch.Tensor:
+    """log p(chosen) - log p(rejected) per pair: (pairs,), (pairs,) -> (pairs,) float64."""
+    return chosen_logps.double() - rejected_logps.double()
 
 
 def distinct_n(tokens: list[int], n: int) -> float:

@@ -6,14 +6,17 @@ import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import RunDirError
 from ..runs import new_run_dir, prepare_out, runs_root
 from .design import InterveneConfig, load_prompts
-from .experiment import run_intervention
+from .experiment import load_heldout_pairs, run_intervention
 from .report import KIND, build_report, write_report
 from .runner import Progress, Setup
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 def resolve_run(run: str | Path | None) -> Path:
@@ -62,6 +65,7 @@ def intervene(
     *,
     lm: Any = None,
     device: str = "cpu",
+    placement: Placement | None = None,
     progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run the real experiment and both controls; write intervention.{json,md} and PNGs.
@@ -78,8 +82,9 @@ def intervene(
     target = Path(out) if out is not None else new_run_dir("intervene")
     if target.exists():
         prepare_out(target, KIND)
-    lm, core, coupling, tcfg = load_phase_run(run_dir, lm=lm, device=device)
-    res = run_intervention(Setup(lm, core, coupling, int(tcfg.layer)), plist, cfg, cv, progress)
+    lm, core, coupling, tcfg = load_phase_run(run_dir, lm=lm, device=device, placement=placement)
+    pairs = load_heldout_pairs(tcfg, lm.tokenizer)  # a DPO / ORPO run: the pref_margin measure on its held-out pairs
+    res = run_intervention(Setup(lm, core, coupling, int(tcfg.layer)), plist, cfg, cv, progress, pairs=pairs)
     rep = build_report(res, _source(run_dir, coupling, tcfg))
     if target.exists():
         write_report(target, rep)

@@ -217,20 +217,40 @@ def pair_batch(tp: TokenizedPairs, idx: list[int], pad_id: int) -> tuple[torch.T
 
 
 # ---- pairs from the story corpus --------------------------------------------------------------
-def shared_opening(a: str, b: str) -> str:
-    """The longest common prefix of two texts, cut after its last sentence end ('' if none)."""
+def shared_opening(a: str, b: str, max_words: int | None = None) -> str:
+    """The longest common prefix of two texts, cut after a sentence end ('' if it holds none): the
+    last one within max_words words (or the first one when even that is longer)."""
     n = 0
     for x, y in zip(a, b, strict=False):
         if x != y:
             break
         n += 1
     head = a[:n]
-    cut = max((head.rfind(e) + len(e) - 1 for e in SENTENCE_ENDS if head.rfind(e) >= 0), default=-1)
-    return a[:cut].rstrip() if cut > 0 else ""
+    ends = sorted({i + 1 for e in SENTENCE_ENDS for i in _find_all(head, e)})  # cut positions (after the mark)
+    if not ends:
+        return ""
+    if max_words is not None:
+        within = [c for c in ends if len(a[:c].split()) <= max_words]
+        ends = within or ends[:1]
+    return a[: ends[-1]].rstrip()
+
+
+def _find_all(text: str, sub: str) -> list[int]:
+    out, i = [], text.find(sub)
+    while i >= 0:
+        out.append(i + len(sub.rstrip()) - 1)
+        i = text.find(sub, i + 1)
+    return out
 
 
 def corpus_pairs(
-    corpus: Any, axis: str, *, min_gap: float = 0.3, val_fraction: float = 0.2, seed: int = 0
+    corpus: Any,
+    axis: str,
+    *,
+    min_gap: float = 0.3,
+    val_fraction: float = 0.3,
+    seed: int = 0,
+    max_prompt_words: int | None = 30,
 ) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Pairs from the paired scenarios of a loaded corpus (steerkit.corpus.Corpus).
 
@@ -268,7 +288,7 @@ def corpus_pairs(
                     if abs(score[a] - score[b]) >= min_gap:
                         cands.append((a, b) if score[a] > score[b] else (b, a))
         for a, b in cands:
-            prompt = shared_opening(framings[a], framings[b])
+            prompt = shared_opening(framings[a], framings[b], max_prompt_words)
             if not prompt:
                 skipped += 1
                 continue
