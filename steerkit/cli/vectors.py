@@ -154,7 +154,8 @@ def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -
 
 @main.command()
 @click.option("--vectors", "vectors_dir", required=True, type=click.Path(), help="A run folder from extract.")
-@click.option("--concept", "concepts", multiple=True, help="NAME=ALPHA (repeatable), e.g. calm=4 angry=-2.")
+@click.option("--concept", "concepts", multiple=True,
+              help="NAME=ALPHA (repeatable), e.g. calm=4 angry=-2; NAME alone: the run's steer-eval operating point.")  # fmt: skip
 @click.option("--layer", type=int, default=None, help="Block to steer (default: best_layer, else the middle one).")
 @click.option(
     "--layers", "layer_spec", type=BLOCKS, default=None, help="Several blocks at once, e.g. 10,15 (instead of --layer)."
@@ -211,6 +212,14 @@ def steer(
     weights = _parse_weights(concepts)
     for name in weights:
         cv.index(name)
+    from ..experiments.steer_eval_report import operating_points_for
+
+    bare = [p.strip() for p in concepts if "=" not in p]  # no strength: the steer-eval operating point
+    ops = operating_points_for(Path(vectors_dir), bare, layer is not None or layer_spec is not None)
+    if ops:
+        weights.update({n: float(op["alpha"]) for n, op in ops.items()})
+        scale = next(iter(ops.values()))["scale"]
+        layer = layer if layer is not None or layer_spec is not None else int(next(iter(ops.values()))["layer"])
     if layer is not None and layer_spec is not None:
         raise SteerkitError("give --layer or --layers, not both")
     if layer_spec is not None:

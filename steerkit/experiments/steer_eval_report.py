@@ -185,14 +185,36 @@ def write_report(out: Path, rep: dict[str, Any], groups: dict[str, list[str]]) -
     return [*figs, "steer_eval.md", "steer_eval.json"]
 
 
-def load_operating_point(run: Path, concept: str) -> dict[str, Any] | None:
-    """The operating point of `concept` in run/steer_eval.json, None when the run has no steer-eval.
-    Raises KeyError when the steer-eval exists but gives the concept no operating point."""
+def operating_points_for(run: Path, names: list[str], layer_given: bool) -> dict[str, dict[str, Any]]:
+    """For `steerkit steer --concept NAME` without a strength: {name: operating point} from
+    run/steer_eval.json ({} when the run has none). One-line errors when a name has no operating point,
+    the vectors changed since the steer-eval, or the points disagree on the scale (or on the layer
+    when no --layer is given)."""
+    from ..errors import ReadoutError
+    from ..io import sha256_file
+
     p = run / "steer_eval.json"
-    if not p.is_file():
-        return None
-    rep = json.loads(p.read_text())
-    op = rep.get("operating_points", {}).get(concept)
-    if op is None:
-        raise KeyError(concept)
-    return dict(op) | {"readout_sha256": rep.get("source", {}).get("readout_sha256")}
+    if not names or not p.is_file():
+        return {}
+    try:
+        rep = json.loads(p.read_text())
+        points = rep["operating_points"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ReadoutError(f"{p} is unreadable ({type(e).__name__}); rerun `steerkit steer-eval`") from e
+    if rep.get("source", {}).get("readout_sha256") != sha256_file(run / "readout.safetensors"):
+        raise ReadoutError(f"{p} was made with other vectors; rerun `steerkit steer-eval` or give NAME=ALPHA")
+    ops = {}
+    for n in names:
+        if points.get(n) is None:
+            raise ReadoutError(
+                f"{n!r} has no operating point in {p} (no cell beat the random control under the NLL budget); "
+                f"give a strength, e.g. --concept {n}=4"
+            )
+        ops[n] = points[n]
+    if len({op["scale"] for op in ops.values()}) > 1 or (
+        not layer_given and len({op["layer"] for op in ops.values()}) > 1
+    ):
+        raise ReadoutError(
+            f"the operating points of {', '.join(names)} differ in layer or scale; give --layer and NAME=ALPHA"
+        )
+    return ops

@@ -110,3 +110,27 @@ def test_bad_input_one_line_exit_2_nothing_written(
 def test_no_extract_run_names_the_command(tmp_path, monkeypatch):
     monkeypatch.setenv("STEERKIT_RUNS", str(tmp_path / "runs"))
     _one_line_error(CliRunner().invoke(main, ["steer-eval"]), "steerkit extract")
+
+
+def test_steer_without_strength_uses_the_operating_point(env, tmp_path):
+    import shutil
+
+    from steerkit.io import sha256_file
+
+    run = tmp_path / "run"
+    shutil.copytree(env["run"], run)
+    base = ["steer", "--vectors", str(run), "--prompt", "The cat sat on", "--max-new-tokens", "5"]
+    res = CliRunner().invoke(main, [*base, "--concept", "calm"])  # no steer-eval: alpha 1, as before
+    assert res.exit_code == 0 and "calm=1 " in res.output, res.output
+    sha = sha256_file(run / "readout.safetensors")
+    op = {"layer": 2, "alpha": 3.5, "scale": "relative", "success": 0.9, "nll_increase": 0.2}
+    rep = {"operating_points": {"calm": op, "angry": None}, "source": {"readout_sha256": sha}}
+    (run / "steer_eval.json").write_text(json.dumps(rep))
+    got = CliRunner().invoke(main, [*base, "--concept", "calm"])
+    want = CliRunner().invoke(main, [*base, "--concept", "calm=3.5", "--scale", "relative", "--layer", "2"])
+    assert got.exit_code == 0 and "calm=3.5 (relative, layer 2)" in got.output, got.output
+    assert got.output == want.output
+    _one_line_error(CliRunner().invoke(main, [*base, "--concept", "angry"]), "no operating point")
+    rep["source"]["readout_sha256"] = "0" * 64
+    (run / "steer_eval.json").write_text(json.dumps(rep))
+    _one_line_error(CliRunner().invoke(main, [*base, "--concept", "calm"]), "other vectors")
