@@ -1,10 +1,10 @@
 """PNG plots of a training run's metrics.jsonl (matplotlib, no torch): loss, R, U, R*U, the
-gradient-norm ratio and the tone timeline."""
+gradient-norm ratio and the tone timeline; for DPO / ORPO runs also the reward curves
+(rewards.png) and R, U on the chosen vs the rejected completions (preference_r.png)."""
 
 from __future__ import annotations
 
 import io
-import json
 from pathlib import Path
 from typing import Any
 
@@ -25,22 +25,17 @@ ACTION_COLORS = {"BRAKE": "#d73027", "COAST": "#999999", "BOOST": "#4575b4"}
 
 def read_metrics(run_dir: str | Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """(metrics rows, config) of a run folder."""
-    d = Path(run_dir)
+    from ..validate import METRICS_LINE_SCHEMA, TRAIN_CONFIG_FILE_SCHEMA, expect_dir, read_json, read_jsonl
+
+    d = expect_dir(run_dir, "run folder", RunDirError, "pass a folder written by `steerkit train-phase`")
     p = d / "metrics.jsonl"
     if not p.is_file():
         raise RunDirError(f"{d} has no metrics.jsonl; pass a folder written by `steerkit train-phase`")
-    rows = []
-    for line in p.read_text(encoding="utf-8").splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
+    rows = [obj for _, obj in read_jsonl(p, "metrics", RunDirError, METRICS_LINE_SCHEMA)]
     if not rows:
         raise RunDirError(f"{p} holds no complete step yet; train for at least one step")
-    try:
-        cfg = json.loads((d / "config.json").read_text()).get("config", {})
-    except (OSError, json.JSONDecodeError):
-        cfg = {}
+    c = d / "config.json"
+    cfg = read_json(c, "run config", RunDirError, TRAIN_CONFIG_FILE_SCHEMA)["config"] if c.is_file() else {}
     return rows, cfg
 
 
@@ -81,7 +76,9 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
         ax.plot([r["step"] for r in val], [r["train_loss_avg"] for r in val], "o-", label="train loss (mean)")
         ax.plot([r["step"] for r in val], [r["val_loss"] for r in val], "s-", label="validation loss")
     events(ax)
-    ax.set(xlabel="step", ylabel="CE + lambda |U - U_target|", title=f"{name}: loss (dotted: lr reduced)")
+    objective = cfg.get("objective", "ce")
+    ylabel = "CE + lambda |U - U_target|" if objective == "ce" else f"{objective.upper()} + lambda |U - U_target|"
+    ax.set(xlabel="step", ylabel=ylabel, title=f"{name}: loss (dotted: lr reduced)")
     ax.legend()
     written.append(_save(fig, out_dir / "loss.png"))
     plt.close(fig)
@@ -149,4 +146,50 @@ def plot_run(run_dir: str | Path, out: str | Path | None = None) -> list[Path]:
     fig.tight_layout()
     written.append(_save(fig, out_dir / "tone.png"))
     plt.close(fig)
+    if any("rewards/chosen" in r for r in rows):
+        written += _preference_plots(plt, rows, steps, out_dir, name)
     return written
+
+
+def _preference_plots(plt: Any, rows: list[dict[str, Any]], steps: list[int], out_dir: Path, name: str) -> list[Path]:
+    """rewards.png: TRL's reward curves, train and held-out, with the held-out accuracy and its CI;
+    preference_r.png: R and U on the chosen vs the rejected completions."""
+    val = [r for r in rows if "val/rewards/accuracies" in r]
+    vs = [r["step"] for r in val]
+
+    def s(key: str, rs: list[dict[str, Any]] = rows) -> list[float]:
+        return [float(r.get(key, float("nan"))) for r in rs]
+
+    out = []
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6.5), sharex=True)
+    for key, c in (("rewards/chosen", "C2"), ("rewards/rejected", "C3"), ("rewards/margins", "C0")):
+        a1.plot(steps, s(key), lw=0.7, alpha=0.45, color=c, label=f"train {key}")
+        if val:
+            a1.plot(vs, s("val/" + key, val), "o-", color=c, label=f"held-out {key}")
+    a1.axhline(0, color="0.7", lw=0.8)
+    a1.set(ylabel="reward (beta x log-ratio)", title=f"{name}: rewards (TRL names)")
+    a1.legend(fontsize=7)
+    a2.plot(steps, s("rewards/accuracies"), lw=0.7, alpha=0.45, label="train rewards/accuracies")
+    if val:
+        acc = s("val/rewards/accuracies", val)
+        ci = [r.get("val/rewards/accuracies_ci", [float("nan")] * 2) for r in val]
+        a2.plot(vs, acc, "s-", color="C1", label="held-out rewards/accuracies")
+        a2.fill_between(vs, [c[0] for c in ci], [c[1] for c in ci], color="C1", alpha=0.2, label="95% bootstrap CI")
+    a2.axhline(0.5, color="k", ls="--", lw=0.8, label="chance")
+    a2.set(xlabel="step", ylabel="accuracy", ylim=(-0.02, 1.02))
+    a2.legend(fontsize=7)
+    out.append(_save(fig, out_dir / "rewards.png"))
+    plt.close(fig)
+    fig, (a1, a2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    for ax, key in ((a1, "R"), (a2, "U")):
+        for side, c in (("chosen", "C2"), ("rejected", "C3")):
+            ax.plot(steps, s(f"{side}/{key}"), lw=0.7, alpha=0.45, color=c, label=f"train {side}")
+            if val:
+                ax.plot(vs, s(f"val/{side}/{key}", val), "o-", color=c, label=f"held-out {side}")
+        ax.set(ylabel=key, ylim=(0, 1.02))
+        ax.legend(fontsize=7)
+    a1.set_title(f"{name}: R and U on chosen vs rejected completions")
+    a2.set_xlabel("step")
+    out.append(_save(fig, out_dir / "preference_r.png"))
+    plt.close(fig)
+    return out

@@ -71,6 +71,10 @@ def test_dpo_step1_is_ln2_zero_rewards_and_reference_is_stored(tmp_path, tiny_to
     assert {"val/rewards/accuracies", "val/rewards/accuracies_ci", "val/rewards/margins", "val/chosen/R"} <= last.keys()
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["resolved"]["n_pairs"] == [8, 4]  # whole scenarios held out (2 of 6)
+    res = CliRunner().invoke(main, ["plot-metrics", str(tmp_path / "run")])  # reward curves, R on chosen vs rejected
+    assert res.exit_code == 0, res.output
+    pngs = {p.name for p in (tmp_path / "run" / "plots").glob("*.png")}
+    assert {"rewards.png", "preference_r.png", "loss.png", "r.png"} <= pngs
 
 
 @pytest.mark.parametrize("objective, optimizer", [("orpo", "adamw"), ("dpo", "apollo-mini")])
