@@ -36,8 +36,11 @@ def _blocks(value: str | None, option: str) -> str | tuple[int, ...]:
 
 
 def _latest_unfinished(root: Path) -> Path | None:
-    """Newest run folder under root with a train-phase config.json and no phase_core.safetensors."""
+    """Newest run folder under root with a train-phase config.json and no phase_core.safetensors,
+    not marked failed (a run that diverged keeps its checkpoints but is never a default)."""
     import json
+
+    from ..training.loop import FAILED
 
     if not root.is_dir():
         return None
@@ -47,7 +50,7 @@ def _latest_unfinished(root: Path) -> Path | None:
             ours = json.loads((d / "config.json").read_text()).get("kind") == "train-phase"
         except (OSError, ValueError, AttributeError):
             ours = False
-        if ours and not (d / "phase_core.safetensors").exists():
+        if ours and not (d / "phase_core.safetensors").exists() and not (d / FAILED).exists():
             cands.append(d)
     return max(cands, key=lambda d: (d / "config.json").stat().st_mtime) if cands else None
 
@@ -318,7 +321,14 @@ def _report(result: Any) -> None:
     last = rows[-1]
     vals = [r for r in rows if "val_loss" in r]
     msg = f"{result.status} at step {result.step}: loss {last['loss']:.4f}, R {last.get('R', float('nan')):.3f}, U {last.get('U', float('nan')):.3f}"
-    if vals:
+    if vals and "val/rewards/accuracies" in vals[-1]:
+        v = vals[-1]
+        lo, hi = v.get("val/rewards/accuracies_ci", [float("nan")] * 2)
+        msg += (
+            f", held-out rewards/accuracies {v['val/rewards/accuracies']:.3f} (95% CI {lo:.3f}-{hi:.3f}, "
+            f"{v.get('val_pairs', '?')} pairs), margin {v['val/rewards/margins']:.4f}"
+        )
+    elif vals:
         msg += f", val loss {vals[-1]['val_loss']:.4f} (best {result.best_val:.4f})"
     console().print(msg)
     if result.stop_reason:
