@@ -33,6 +33,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="tiny random model, small corpus: seconds (for tests)")
     p.add_argument("--out", default=None, help="results folder (default analyses/results/<name>)")
     p.add_argument("--model", default="smollm2-135m", help="model spec for the full run")
+    p.add_argument("--corpus", default=None, help="corpus folder for the full run (default corpora/)")
     return p
 
 
@@ -78,7 +79,9 @@ def model_for(args: argparse.Namespace) -> Any:
 
 
 def corpus_for(args: argparse.Namespace) -> Path:
-    return QUICK_CORPUS if args.quick else FULL_CORPUS
+    if args.quick:
+        return QUICK_CORPUS
+    return Path(args.corpus) if getattr(args, "corpus", None) else FULL_CORPUS
 
 
 @dataclass
