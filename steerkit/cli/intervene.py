@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import click
 
 from . import main
-from .common import OPEN_UNIT_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_FLOAT, BoundedInt, console
+from .common import OPEN_UNIT_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_FLOAT, BoundedInt, console, device_options
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 @main.command("intervene")
@@ -61,12 +66,12 @@ from .common import OPEN_UNIT_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_FL
     show_default=True,
     help="Prompts per forward pass (memory vs speed).",
 )
-@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, mps).")
+@device_options
 def intervene_cmd(
     run: str | None, force_r: tuple[float, ...], grid: str | None, prompts: str | None, seeds: int,
     readout: str | None, readout_layer: int | None, concepts: str | None, out: str | None, method: str, alpha: float,
     max_new_tokens: int, temperature: float, top_k: int, distinct_n: int, positive_alpha: float, permutations: int,
-    bootstrap: int, seed: int, batch_prompts: int, device: str,
+    bootstrap: int, seed: int, batch_prompts: int, placement: Placement,
 ) -> None:  # fmt: skip
     """Does R cause anything? Force the phase core's order parameter R to each level and compare with
     the free-running core on the same prompts; a negative control (coupling detached) and a positive
@@ -89,7 +94,7 @@ def intervene_cmd(
         raise ExperimentError(str(e)) from e
     run_dir = resolve_run(run)
     with progress_bar("intervene", unit="prompts") as update:
-        out_dir, rep = intervene(cfg, run_dir, prompts, readout, out, device=device, progress=update)
+        out_dir, rep = intervene(cfg, run_dir, prompts, readout, out, placement=placement, progress=update)
     v = rep["verdicts"]
     console().print(f"phase run {run_dir}: {v['headline']}")
     for line in v["summary"]:

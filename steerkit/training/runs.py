@@ -17,7 +17,7 @@ import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -170,14 +170,19 @@ def find_latest_run(root: str | Path | None = None) -> Path | None:
     return max(done)[1] if done else None
 
 
+if TYPE_CHECKING:
+    from ..models.loading import Placement
+
+
 def load_phase_run(
-    run_dir: str | Path, lm: Any = None, *, device: str = "cpu"
+    run_dir: str | Path, lm: Any = None, *, device: str = "cpu", placement: Placement | None = None
 ) -> tuple[Any, PhaseCore, Coupling, TrainConfig]:
     """(LoadedModel, PhaseCore, Coupling, TrainConfig) of a finished run; config.layer is the block.
 
     lm: an already loaded model (else config.model is loaded). Base blocks that the run trained
     ('base.*' tensors) are copied into lm.model, and its LoRA adapters ('lora.*') are merged into
-    lm.model's weights. The core is returned in eval mode.
+    lm.model's weights. The core is returned in eval mode. placement (instead of device): where and
+    in which dtype to load the model (a dtype of None keeps the run's).
     """
     d = Path(run_dir)
     paths = RunPaths(d)
@@ -195,7 +200,8 @@ def load_phase_run(
     if lm is None:
         from ..models import load
 
-        lm = load(config.model, dtype=config.dtype, device=device)
+        kwargs = placement.load_kwargs() if placement is not None else {"device": device}
+        lm = load(config.model, **(kwargs | {"dtype": kwargs.get("dtype") or config.dtype}))
     hidden = int(lm.model.get_input_embeddings().weight.shape[1])
     if resolved.get("hidden_size") not in (None, hidden):
         raise RunDirError(f"{d} was trained on hidden size {resolved['hidden_size']}, the model has {hidden}")

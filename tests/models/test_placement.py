@@ -100,3 +100,69 @@ def test_extract_steer_read_take_device_and_dtype(tiny_dir, tmp_path):
     for args in (steer, read):
         res = CliRunner().invoke(main, [*args, *placed])
         assert res.exit_code == 0, res.output
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory, tiny_dir) -> dict[str, str]:
+    """A tiny extract run without activations (so quality-report --model recaptures), a finished
+    2-step train-phase run, texts and a control vector."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    root = tmp_path_factory.mktemp("inputs")
+    (root / "texts.txt").write_text("The fox ran home.\nRain again.\n")
+    run = root / "run"
+    args = ["extract", "--stories", str(FIXTURE), "-m", str(tiny_dir), "--layers", "1,3", "--out", str(run)]
+    assert CliRunner().invoke(main, [*args, "--allow-untrained", "--no-cache"]).exit_code == 0
+    (run / "activations.safetensors").unlink()
+    train = ["train-phase", "-m", str(tiny_dir), "--text", str(root / "texts.txt"), "--steps", "2", "--seq-len", "8"]
+    res = CliRunner().invoke(main, [*train, "--out", str(root / "phase"), "--name", "p"])
+    assert res.exit_code == 0, res.output
+    w = GGUFWriter(str(root / "cv.gguf"), "controlvector")
+    w.add_string("controlvector.model_hint", "llama")
+    w.add_uint32("controlvector.layer_count", 1)
+    w.add_tensor("direction.1", np.ones(32, np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return {"tiny": str(tiny_dir), "run": str(run), "phase": str(root / "phase" / "p"), "root": str(root)}
+
+
+COMMANDS = {
+    "verify": ["verify", "-m", "{tiny}", "--allow-untrained"],
+    "capture": ["capture", "-m", "{tiny}", "--texts", "{root}/texts.txt", "--out", "{tmp}/caps", "--cache-dir", "none"],
+    "extract": ["extract", "--stories", str(FIXTURE), "-m", "{tiny}", "--out", "{tmp}/run", "--no-cache"],
+    "steer": ["steer", "--vectors", "{run}", "--concept", "calm=1", "--prompt", "Hi"],
+    "read": ["read", "--vectors", "{run}", "--text", "The lake."],
+    "quality-report": ["quality-report", "{run}", "-m", "{tiny}"],
+    "import": ["import", "--gguf", "{root}/cv.gguf", "-m", "{tiny}", "--out", "{tmp}/imp"],
+    "train-phase": ["train-phase", "-m", "{tiny}", "--text", "{root}/texts.txt", "--steps", "1", "--out", "{tmp}/ph"],
+    "intervene": ["intervene", "--run", "{phase}", "--force-R", "0.3", "--out", "{tmp}/iv"],
+}
+
+
+@pytest.mark.parametrize("command", list(COMMANDS))
+@pytest.mark.parametrize(
+    ("option", "needle"),
+    [(["--device", "cuda:5"], "device 'cuda:5' is not usable"), (["--dtype", "float16"], "cannot run --dtype float16")],
+)
+def test_every_command_that_loads_a_model_checks_device_and_dtype(
+    command, option, needle, inputs, tmp_path, monkeypatch
+):
+    if option[0] == "--device" and torch.cuda.device_count() > 5:
+        pytest.skip("cuda:5 exists here")
+    import steerkit.models.loading as loading
+
+    def no_half(device: str, dtype: str) -> None:
+        raise RuntimeError(f"{dtype} is not implemented here")
+
+    monkeypatch.setattr(loading, "_dtype_probe", no_half)
+    monkeypatch.setenv("STEERKIT_RUNS", str(tmp_path / "runs"))
+    args = [a.format(tmp=tmp_path, **inputs) for a in COMMANDS[command]] + option
+    before = sorted(tmp_path.rglob("*")), sorted(Path(inputs["root"]).rglob("*"))
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: ") and needle in lines[0], res.output
+    assert (sorted(tmp_path.rglob("*")), sorted(Path(inputs["root"]).rglob("*"))) == before  # nothing written
