@@ -125,6 +125,9 @@ def corpus_pairs(
         raise CorpusError("--val-fraction must lie in (0, 1) and --min-gap must be >= 0")
     if out and Path(out).is_dir():
         raise CorpusError(f"--out {out} is a folder; give a .jsonl file name")
+    names = axis[len("concept:") :].split(",") if axis.startswith("concept:") else []
+    if axis not in ("valence", "arousal") and (len(names) != 2 or not all(n.strip() for n in names)):
+        raise CorpusError(f"--axis {axis!r}: use valence, arousal or concept:A,B (two different concepts)")
     c = _load(path)
     _exit_on_errors(c)
     rows, counts = make_pairs(
