@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import RunDirError
+from .errors import RunDirError, SteerkitError
 from .io import atomic_write_bytes
 
 
@@ -35,20 +35,26 @@ def new_run_dir(*parts: str) -> Path:
 
 
 def read_run(d: Path) -> dict[str, Any] | None:
+    """run.json of a finished run, or None if it is missing or breaks its schema (not a finished run)."""
+    from .validate import RUN_SCHEMA, read_json
+
     try:
-        data = json.loads((d / "run.json").read_text())
-        return data if isinstance(data, dict) else None
-    except (OSError, json.JSONDecodeError):
+        data = read_json(d / "run.json", "run file", SteerkitError, RUN_SCHEMA)
+    except SteerkitError:
         return None
+    return data if isinstance(data, dict) else None
 
 
 def prepare_out(out: Path, kind: str, create: bool = True) -> Path:
     """Accept a new or empty folder, or an existing run of the same kind (rerun/resume);
     refuse anything else so nothing the user made is overwritten. create=False only checks (the
     caller makes the folder when it has something to write, so a failed run leaves nothing)."""
+    from .validate import check_out_dir
+
+    check_out_dir(out, "--out", RunDirError)
     if out.exists():
         if not out.is_dir():
-            raise RunDirError(f"--out {out} is a file; choose a new folder")
+            raise RunDirError(f"--out {out} is a file, expected a folder; choose a new folder")
         if any(out.iterdir()):
             info = read_run(out)
             if info is None or info.get("kind") != kind:

@@ -20,13 +20,14 @@ moved to each block's own device and dtype (models sharded over devices work).
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, Literal
 
 import torch
 
-from .capture.forward import StopForward
+from .capture.forward import StopForward, model_context
 from .models.adapters import Adapter, adapter_for
 from .vectors.readout import ConceptVectors
 
@@ -154,6 +155,13 @@ def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict
     vectors.check_layer(layer)
     adapter, model = lm.adapter, lm.model
     enc = lm.tokenizer(text, return_tensors="pt")
+    context = model_context(model)
+    if context is not None and enc.input_ids.shape[1] > context:
+        logging.getLogger(__name__).warning(
+            "the text has %d tokens, more than the model's context of %d: reading its first %d",
+            enc.input_ids.shape[1], context, context,
+        )  # fmt: skip
+        enc["input_ids"] = enc.input_ids[:, :context]
     ids = enc.input_ids.to(adapter.input_device(model))
     got: dict[str, torch.Tensor] = {}
 

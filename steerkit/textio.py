@@ -8,10 +8,12 @@ from pathlib import Path
 
 from .corpus import SEPARATOR, split_stories
 from .errors import SteerkitError
+from .validate import check_text_size, decode_utf8
 
 
 def read_texts(path: str | Path) -> list[tuple[str, str]]:
-    """[(text, 'file:line')] from a file or folder; errors name the file and what to do."""
+    """[(text, 'file:line')] from a file or folder; errors name the file (and line) and what to do.
+    One text may hold at most validate.MAX_TEXT_CHARS characters."""
     p = Path(path)
     if not p.exists():
         raise SteerkitError(f"text path {p} does not exist; pass a .txt/.jsonl file or a folder of them")
@@ -19,9 +21,9 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
     out: list[tuple[str, str]] = []
     for f in files:
         try:
-            raw = f.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise SteerkitError(f"{f}: not UTF-8 (invalid byte at offset {e.start}); re-save it as UTF-8") from e
+            raw = decode_utf8(f.read_bytes(), f)
+        except OSError as e:
+            raise SteerkitError(f"{f} is unreadable ({e.strerror or type(e).__name__})") from e
         if f.suffix == ".jsonl":
             for n, line in enumerate(raw.splitlines(), 1):
                 if not line.strip():
@@ -39,4 +41,6 @@ def read_texts(path: str | Path) -> list[tuple[str, str]]:
             out.extend((line.strip(), f"{f}:{n}") for n, line in enumerate(raw.splitlines(), 1) if line.strip())
     if not out:
         raise SteerkitError(f"no texts found in {p}; it needs non-empty .txt or .jsonl content")
+    for text, where in out:
+        check_text_size(text, where)
     return out

@@ -76,9 +76,7 @@ def decode_utf8(data: bytes, where: str | Path, error: Error = SteerkitError) ->
         return data.decode("utf-8")
     except UnicodeDecodeError as e:
         line = data[: e.start].count(b"\n") + 1
-        raise error(
-            f"{where}:{line}: not UTF-8 (invalid byte 0x{data[e.start]:02x} at offset {e.start}); re-save it as UTF-8"
-        ) from e
+        raise error(f"{where}:{line}: not UTF-8 (invalid byte at offset {e.start}); re-save it as UTF-8") from e
 
 
 def read_text(path: str | Path, what: str = "file", error: Error = SteerkitError) -> str:
@@ -290,7 +288,7 @@ METRICS_LINE_SCHEMA: Schema = {
 CHECKPOINT_META_SCHEMA: Schema = {
     "title": "checkpoints/step-N/meta.json",
     "type": "object",
-    "required": ["format", "step", "sha256", "metrics", "controller", "rng"],
+    "required": ["format", "step", "sha256"],
     "properties": {
         "format": {"type": "integer"},
         "step": {"type": "integer", "minimum": 0},
@@ -299,6 +297,10 @@ CHECKPOINT_META_SCHEMA: Schema = {
         "controller": {"type": "object"},
         "rng": {"type": "object", "required": ["python", "numpy"]},
     },
+}
+CHECKPOINT_RESUME_SCHEMA: Schema = {  # what the training loop needs to resume from a checkpoint
+    **CHECKPOINT_META_SCHEMA,
+    "required": ["format", "step", "sha256", "metrics", "controller", "rng"],
 }
 
 PHASE_SUMMARY_SCHEMA: Schema = {
@@ -334,7 +336,21 @@ QUALITY_BEST_LAYER_SCHEMA: Schema = {
     "properties": {"best_layer": {"type": ["integer", "null"]}},
 }
 
+TEXTS_SCHEMA: Schema = {
+    "title": "texts.json of an extract run",
+    "type": "array",
+    "items": {
+        "type": "object",
+        "required": ["concepts", "sources"],
+        "properties": {
+            "concepts": {"type": "array", "items": {"type": "string"}},
+            "sources": {"type": "array", "items": {"type": "object"}},
+        },
+    },
+}
+
 SCHEMAS: dict[str, Schema] = {
+    "texts.json": TEXTS_SCHEMA,
     "readout.json": READOUT_SCHEMA,
     "run.json": RUN_SCHEMA,
     "metrics.jsonl": METRICS_LINE_SCHEMA,
@@ -344,3 +360,18 @@ SCHEMAS: dict[str, Schema] = {
     "prompts.jsonl": PROMPT_LINE_SCHEMA,
     "quality.json": QUALITY_BEST_LAYER_SCHEMA,
 }
+
+
+def nonfinite_fields(obj: Any, prefix: str = "") -> list[str]:
+    """Names of a dataclass's float fields (nested dataclasses and tuples included) that are NaN or inf."""
+    from dataclasses import fields, is_dataclass
+
+    bad: list[str] = []
+    for f in fields(obj) if is_dataclass(obj) else ():
+        v = getattr(obj, f.name)
+        name = f"{prefix}{f.name}"
+        if is_dataclass(v):
+            bad += nonfinite_fields(v, f"{name}.")
+        elif any(isinstance(x, float) and not math.isfinite(x) for x in (v if isinstance(v, tuple) else (v,))):
+            bad.append(name)
+    return bad

@@ -69,7 +69,10 @@ class ActivationCache:
         self._pending: list[tuple[list[str], dict[str, torch.Tensor]]] = []
         self._pending_rows: dict[str, torch.Tensor] = {}  # key -> row, for reads before a flush
         self._last_flush = time.perf_counter()
-        self.dir = Path(root) / fingerprint
+        from ..errors import SteerkitError
+        from ..validate import check_out_dir
+
+        self.dir = check_out_dir(Path(root) / fingerprint, "activation cache folder", SteerkitError)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.index_path = self.dir / "index.json"
         self.shards: dict[str, dict[str, Any]] = {}  # name -> {"sha256", "texts", "entries"}

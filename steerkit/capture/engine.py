@@ -24,7 +24,7 @@ import torch
 from ..models.adapters import Adapter
 from ..models.loading import LoadedModel
 from .cache import ActivationCache, entry, key
-from .forward import Batch, Pooled, Runner, StopForward, Wanted, pad
+from .forward import Batch, Pooled, Runner, StopForward, Wanted, model_context, pad
 from .layers import check_blocks
 from .pooling import LAST, Pooling, make_pooler
 
@@ -233,8 +233,7 @@ class _Job:
     ) -> dict[str, int]:
         tok, model, adapter = self.lm.tokenizer, self.lm.model, self.lm.adapter
         encoded = list(tok(texts, add_special_tokens=True).input_ids) if texts else []
-        if max_tokens:
-            encoded = [e[:max_tokens] for e in encoded]
+        encoded = _bound(encoded, texts, max_tokens, model_context(model))
         if any(len(e) == 0 for e in encoded):
             raise ValueError("a text tokenizes to zero tokens; remove empty texts")
         batches = make_batches([len(e) for e in encoded], max_batch_tokens)
@@ -265,6 +264,31 @@ class _Job:
                 if self.cache is not None:
                     self.cache.flush()
         return {"n_batches": len(batches), "tokens": sum(len(e) for e in encoded)}
+
+
+def _bound(encoded: list[list[int]], texts: list[str], max_tokens: int | None, context: int | None) -> list[list[int]]:
+    """Truncate to max_tokens and to the model's context (saying so: a text longer than the context
+    is cut, never silently run past it); warn when one text holds most of the run's tokens."""
+    if context is not None and (max_tokens is None or max_tokens > context):
+        long = [len(e) for e in encoded if len(e) > context]
+        if long:
+            log.warning(
+                "%d text(s) are longer than the model's context of %d tokens (the longest has %d); "
+                "each is truncated to its first %d tokens (--max-tokens sets a shorter cut)",
+                len(long), context, max(long), context,
+            )  # fmt: skip
+        max_tokens = context
+    if max_tokens:
+        encoded = [e[:max_tokens] for e in encoded]
+    total = sum(len(e) for e in encoded)
+    if len(encoded) >= 4 and total:
+        i = max(range(len(encoded)), key=lambda j: len(encoded[j]))
+        if len(encoded[i]) > total / 2:
+            log.warning(
+                "one text holds %d of the run's %d tokens (%.0f%%): %r...; is it meant to be one text?",
+                len(encoded[i]), total, 100 * len(encoded[i]) / total, texts[i][:40],
+            )  # fmt: skip
+    return encoded
 
 
 def hooks_runner(model: torch.nn.Module, adapter: Adapter) -> Runner:

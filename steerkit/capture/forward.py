@@ -20,6 +20,17 @@ Wanted = list[tuple[str, int]]  # (site, layer) pairs to read
 Pooled = dict[tuple[str, int], torch.Tensor]  # (site, layer) -> (batch, ...) pooled, fp32 on CPU
 
 
+def model_context(model: torch.nn.Module) -> int | None:
+    """The most tokens the model reads at once (its position table / trained context), or None for
+    models without one (recurrent families). Longer inputs are truncated to it, with a warning."""
+    cfg = getattr(model, "config", None)
+    for name in ("max_position_embeddings", "n_positions"):
+        n = getattr(cfg, name, None)
+        if isinstance(n, int) and n > 0:
+            return n
+    return None
+
+
 class StopForward(Exception):
     """Raised from the last needed block's hook to skip the rest of the model."""
 

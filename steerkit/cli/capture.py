@@ -93,9 +93,12 @@ def capture(
         check_max_tokens(max_tokens)
     except ValueError as e:
         raise SteerkitError(f"--max-tokens: {e}; leave it out to keep whole texts") from e
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise SteerkitError(f"--out {out} is a file; choose a folder")
+    from ..validate import check_out_dir
+
+    out = check_out_dir(out_dir, "--out")
+    cdir = None if cache_dir == "none" else Path(cache_dir) if cache_dir else cache_root() / "activations"
+    if cdir is not None:
+        check_out_dir(cdir, "--cache-dir" if cache_dir else "the activation cache ($STEERKIT_CACHE)")
     items = read_texts(texts_path)
     lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     n = lm.adapter.n_blocks(lm.model)
@@ -104,7 +107,6 @@ def capture(
         preflight.check(lm, allow_untrained=allow_untrained)
     for layer in layer_list:
         click.echo(depth_label(layer, n), err=True)
-    cdir = None if cache_dir == "none" else Path(cache_dir) if cache_dir else cache_root() / "activations"
     try:
         with progress_bar("capture") as bar:
             res = run_capture(

@@ -23,6 +23,8 @@ def verify(
 
     lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
     rep = preflight.run(lm, allow_untrained=allow_untrained)
+    if not rep.ok:  # one line; the table is for a model that passed (`--debug` shows the traceback)
+        raise PreflightError(rep.failures[0] + (f" ({len(rep.failures) - 1} more)" if len(rep.failures) > 1 else ""))
     if as_json:
         click.echo(json.dumps(rep.to_dict(), indent=2, default=str))
     else:
@@ -34,10 +36,7 @@ def verify(
         console().print(t)
         for w in rep.warnings:
             click.echo(f"warning: {w}", err=True)
-        if rep.ok:
-            click.echo("preflight passed")
-    if not rep.ok:
-        raise PreflightError(rep.failures[0])
+        click.echo("preflight passed")
 
 
 @main.group()

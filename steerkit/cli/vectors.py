@@ -133,6 +133,16 @@ def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
     return layers[len(layers) // 2]
 
 
+def _run_model(cv: ConceptVectors, vectors_dir: str) -> str:
+    """The model spec the vectors were made with (readout.json `model.spec`)."""
+    from ..errors import ReadoutError
+
+    spec = cv.meta.get("model", {}).get("spec")
+    if not spec:
+        raise ReadoutError(f"{vectors_dir}/readout.json names no model (model.spec); pass the model with -m")
+    return str(spec)
+
+
 def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -> None:
     """The vectors must fit the model: same hidden size, and the blocks must exist."""
     from ..errors import ReadoutError
@@ -228,7 +238,7 @@ def steer(
             cv.check_layer(la)
     else:
         layers = [cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)]
-    lm = load(model or cv.meta["model"]["spec"], **placement.load_kwargs())
+    lm = load(model or _run_model(cv, vectors_dir), **placement.load_kwargs())
     _check_model(cv, lm, layers)
     tok = lm.tokenizer
     enc = tok(prompt, return_tensors="pt").to(lm.adapter.input_device(lm.model))
@@ -290,7 +300,7 @@ def read(
         raise SteerkitError("the text is empty")
     cv = ConceptVectors.load(vectors_dir)
     layer = cv.check_layer(layer) if layer is not None else _default_layer(Path(vectors_dir), cv.layers)
-    lm = load(model or cv.meta["model"]["spec"], **placement.load_kwargs())
+    lm = load(model or _run_model(cv, vectors_dir), **placement.load_kwargs())
     _check_model(cv, lm, layer)
     r = read_tokens(lm, cv, text, layer)
     k = min(top, len(cv.concepts))

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import CorpusError
+from ..validate import MAX_STORY_CHARS, decode_utf8, expect_dir
 from .manifest import parse_manifest
 from .model import CheckReport, Concept, Corpus, Source, Text, TextKind
 from .text import avoid_hits, near_duplicates, split_stories
@@ -30,11 +31,10 @@ def _safe_files(root: Path, folder: Path, rep: CheckReport) -> list[Path]:
 
 
 def _read(path: Path, rep: CheckReport) -> str | None:
-    data = path.read_bytes()
     try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        rep.errors.append(f"{path}: not UTF-8 (invalid byte at offset {e.start}); re-save it as UTF-8")
+        return decode_utf8(path.read_bytes(), path, CorpusError)
+    except CorpusError as e:
+        rep.errors.append(str(e))
         return None
 
 
@@ -63,6 +63,12 @@ class _Scan:
         where = f"{self.rel(p)}:{line}"
         if not text:
             self.rep.warnings.append(f"{where}: empty story skipped")
+            return False
+        if len(text) > MAX_STORY_CHARS:  # a paragraph, not a book (it would dominate the token budget)
+            self.rep.errors.append(
+                f"{where}: a story of {len(text):,} characters, over the limit of {MAX_STORY_CHARS:,} "
+                "(docs/corpus.md); split it or cut it to a paragraph"
+            )
             return False
         n = len(text.split())
         lo, hi = (30, 250) if kind == "neutral" else self.length_range
@@ -174,8 +180,7 @@ def load(
     (its message: the first error and how many more); the full list is in `corpus.report`."""
     root = Path(path)
     rep = CheckReport()
-    if not root.is_dir():
-        raise CorpusError(f"corpus folder {root} does not exist; pass the folder holding manifest.json")
+    expect_dir(root, "corpus folder", CorpusError, "pass the folder holding manifest.json")
     concepts, norms = parse_manifest(root, rep)
     lower = _check_names(concepts, rep)
     _check_entries(root, rep)

@@ -72,6 +72,11 @@ class InterveneConfig:
     concepts: tuple[str, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
+        from ..validate import nonfinite_fields
+
+        bad = nonfinite_fields(self)
+        if bad:
+            raise ValueError(f"{', '.join(bad)} must be finite numbers (got NaN or inf)")
         check_levels(self.levels)
         if self.method not in get_args(ForceMethod):
             raise ValueError(f"method must be one of {get_args(ForceMethod)}, got {self.method!r}")
@@ -147,21 +152,24 @@ def load_prompts(path: str | Path | None = None) -> list[Prompt]:
     """Prompts from a .jsonl ({"prompt": ..., "continuation": ...} per line; continuation optional)
     or a text file (one prompt per line, optionally `prompt ||| continuation`; blank lines and
     lines starting with # are skipped). None: the default prompt set."""
+    from ..validate import PROMPT_LINE_SCHEMA, check_schema, check_text_size, expect_file, read_text
+
     p = Path(path) if path is not None else default_prompts_path()
-    if not p.is_file():
-        raise ExperimentError(f"prompt file {p} does not exist; pass --prompts FILE (.jsonl or .txt)")
+    expect_file(p, "prompt file", ExperimentError, "pass --prompts FILE (.jsonl or .txt)")
     out: list[Prompt] = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_text(p, "prompt file", ExperimentError).splitlines(), 1):
         if not line.strip() or line.lstrip().startswith("#"):
             continue
+        check_text_size(line, f"{p}:{n}", ExperimentError)
         if p.suffix == ".jsonl":
             try:
                 obj = json.loads(line)
-                text, cont = obj["prompt"], obj.get("continuation")
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
+            except json.JSONDecodeError as e:
                 raise ExperimentError(
-                    f'{p}:{n}: expected {{"prompt": "...", "continuation": "..."}} ({type(e).__name__})'
+                    f'{p}:{n}: expected {{"prompt": "...", "continuation": "..."}} ({e.msg} at column {e.colno})'
                 ) from e
+            check_schema(obj, PROMPT_LINE_SCHEMA, f"{p}:{n}", ExperimentError)
+            text, cont = obj["prompt"], obj.get("continuation")
         else:
             text, sep, cont = line.partition("|||")
             cont = cont if sep else None

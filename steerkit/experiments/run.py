@@ -28,9 +28,9 @@ def resolve_run(run: str | Path | None) -> Path:
         if found is None:
             raise RunDirError(f"no trained phase core under {runs_root()}/; train one with `steerkit train-phase`")
         return found
-    d = Path(run)
-    if not d.is_dir():
-        raise RunDirError(f"--run {d} is not a folder; pass a run written by `steerkit train-phase`")
+    from ..validate import expect_dir
+
+    d = expect_dir(run, "--run", RunDirError, "pass a run written by `steerkit train-phase`")
     if not (d / "phase_core.safetensors").is_file() and not (d / "config.json").is_file():
         raise RunDirError(
             f"{d} holds no trained phase core (phase_core.safetensors); pass a finished `steerkit train-phase` run"

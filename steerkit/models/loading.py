@@ -187,6 +187,8 @@ def load(
     kwargs["dtype"] = getattr(torch, dtype or "float32")
     if gguf_file:
         kwargs["gguf_file"] = gguf_file
+    else:  # never unpickle: a pickle can hold code (docs/formats.md)
+        kwargs["use_safetensors"] = True
     if device_map is not None:
         kwargs["device_map"] = device_map
     try:
@@ -196,7 +198,9 @@ def load(
     except ModelLoadError:
         raise
     except Exception as e:  # transformers raises many types; the user needs one line
-        raise ModelLoadError(_explain(spec, source, e)) from e
+        if "ignore_mismatched_sizes" in str(e):  # its "see the above report" names no tensor
+            raise ModelLoadError(_mismatch(spec, where, kwargs)) from e
+        raise ModelLoadError(_explain(spec, source, e, where)) from e
     if device_map is None:
         model = model.to(device)
     model.eval()
@@ -257,8 +261,43 @@ def prepare_tokenizer(tok: Any, info: dict[str, Any]) -> None:
     info["padding_side"] = tok.padding_side
 
 
-def _explain(spec: str, source: str, e: Exception) -> str:
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def _mismatch(spec: str, where: Path | str, kwargs: dict[str, Any]) -> str:
+    """One line naming the tensors whose shapes differ between the checkpoint and its config.json
+    (transformers only logs them); they are found by loading once more without the shape check."""
+    from transformers import AutoModelForCausalLM
+
+    head = f"the weights of {spec} do not fit its config.json"
+    try:
+        loaded: Any = AutoModelForCausalLM.from_pretrained(where, **{**kwargs, "ignore_mismatched_sizes": True})
+        bad = sorted(loaded[1].get("mismatched_keys", []), key=str)
+    except Exception:
+        bad = []
+    if not bad:
+        return f"{head} (tensor shapes differ); the config and the weights do not belong together"
+    name, ckpt, model = bad[0]
+    more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+    return (
+        f"{head}: {name} is {list(ckpt)} in the checkpoint but {list(model)} by the config{more}; "
+        "the config and the weights do not belong together"
+    )
+
+
+def _pickled(where: Path | str) -> list[str]:
+    p = Path(where)
+    return sorted(f.name for pat in _PICKLES for f in p.glob(pat)) if p.is_dir() else []
+
+
+def _explain(spec: str, source: str, e: Exception, where: Path | str = "") -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    pickles = _pickled(where) if source in ("dir", "zoo") else []
+    if pickles and ("safetensors" in msg or "weights only" in msg.lower() or "unpickl" in msg.lower()):
+        return (
+            f"{spec} holds its weights only as a pickle ({', '.join(pickles[:2])}), which can run code: steerkit "
+            "loads only safetensors and never unpickles; convert it to safetensors with a tool you trust first"
+        )
     if source == "hub" and (
         os.environ.get("HF_HUB_OFFLINE")
         or "offline" in msg.lower()

@@ -36,8 +36,8 @@ class QualityConfig:
     top_heads: int = 10
 
     def __post_init__(self) -> None:
-        if self.ridge_lambda <= 0:
-            raise ValueError(f"ridge_lambda must be > 0, got {self.ridge_lambda}")
+        if not (math.isfinite(self.ridge_lambda) and self.ridge_lambda > 0):
+            raise ValueError(f"ridge_lambda must be a finite number > 0, got {self.ridge_lambda}")
         if self.k_folds < 2:
             raise ValueError(f"k_folds must be >= 2, got {self.k_folds}")
 
@@ -58,9 +58,9 @@ def load_run(run: str | Path) -> RunData:
     """Load what the report needs; a one-line RunDirError names what is missing."""
     from safetensors.torch import load_file
 
-    d = Path(run)
-    if not d.is_dir():
-        raise RunDirError(f"{d} is not a folder; pass a run folder written by `steerkit extract`")
+    from ..validate import TEXTS_SCHEMA, check_finite, check_schema, expect_dir
+
+    d = expect_dir(run, "run", RunDirError, "pass a run folder written by `steerkit extract`")
     if not (d / "readout.json").is_file():
         raise RunDirError(f"{d} is not a run folder (no readout.json); run `steerkit extract --stories corpora/`")
     cv = ConceptVectors.load(d)
@@ -80,10 +80,13 @@ def load_run(run: str | Path) -> RunData:
         raise RunDirError(
             f"{d}: activations lack layers {sorted(set(cv.layers) - set(resid))}; re-run `steerkit extract`"
         )
+    check_schema(texts, TEXTS_SCHEMA, str(d / "texts.json"), RunDirError)
     if any(v.shape[0] != len(texts) for v in resid.values()):
         raise RunDirError(f"{d}: activations and texts.json disagree on the number of texts; re-run `steerkit extract`")
     heads = {la: acts[f"heads.layer_{la}"].float() for la in cv.layers if f"heads.layer_{la}" in acts}
     neutral = {la: acts[f"neutral.layer_{la}"].float() for la in cv.layers if f"neutral.layer_{la}" in acts}
+    for name, t in acts.items():
+        check_finite(t, name, d / "activations.safetensors", RunDirError, "re-run `steerkit extract`")
     w_down: dict[int, torch.Tensor] = {}
     if (d / "mlp_down.safetensors").is_file():
         w = load_file(d / "mlp_down.safetensors")
@@ -93,7 +96,7 @@ def load_run(run: str | Path) -> RunData:
     if mpath.is_file():
         try:
             manifest = {c["name"]: c for c in json.loads(mpath.read_text())["concepts"]}
-        except (json.JSONDecodeError, KeyError, TypeError):
+        except (ValueError, KeyError, TypeError):  # bad JSON or UTF-8: the report goes without norms
             manifest = {}
     return RunData(d, cv, resid, heads, neutral, w_down, texts, manifest)
 

@@ -133,18 +133,30 @@ def save_checkpoint(
 
 def read_checkpoint(path: Path) -> Checkpoint:
     """Load one checkpoint folder; ValueError says why it is unusable."""
+    from ..validate import CHECKPOINT_META_SCHEMA, schema_problem
+
     try:
-        meta = json.loads((path / "meta.json").read_text())
-    except (OSError, json.JSONDecodeError) as e:
+        meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # ValueError: bad JSON or bad UTF-8
         raise ValueError(f"meta.json unreadable ({type(e).__name__})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT or "sha256" not in meta:
         raise ValueError("meta.json is not a steerkit checkpoint of a known format")
+    problem = schema_problem(meta, CHECKPOINT_META_SCHEMA)
+    if problem is not None:
+        raise ValueError(f"meta.json: {problem}")
     state = path / "state.safetensors"
     if not state.is_file():
         raise ValueError("state.safetensors is missing")
     if sha256_file(state) != meta["sha256"].get("state.safetensors"):
         raise ValueError("state.safetensors does not match its sha256 checksum")
-    return Checkpoint(path, int(meta["step"]), load_file(str(state)), meta)
+    try:
+        tensors = load_file(str(state))
+    except Exception as e:  # garbage whose checksum was updated to match
+        raise ValueError(f"state.safetensors is not a safetensors file ({type(e).__name__})") from e
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ValueError(f"state.safetensors holds non-finite values in {', '.join(sorted(bad)[:3])}")
+    return Checkpoint(path, int(meta["step"]), tensors, meta)
 
 
 def latest_checkpoint(root: Path) -> Checkpoint | None:

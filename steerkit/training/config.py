@@ -11,6 +11,7 @@ from ..errors import TrainingConfigError
 from ..models import zoo
 from ..phase.core import PhaseConfig
 from ..phase.couplings import CouplingConfig
+from ..validate import nonfinite_fields
 
 CONFIG_VERSION = 1
 Objective = Literal["ce", "dpo", "orpo"]
@@ -83,6 +84,9 @@ class TrainConfig:
     collapse_threshold: float = 1e-6
 
     def __post_init__(self) -> None:
+        bad = nonfinite_fields(self)
+        if bad:
+            raise TrainingConfigError(f"{', '.join(bad)} must be finite numbers (got NaN or inf)")
         pos_int = ("seq_len", "batch_size", "steps", "val_every", "val_batches", "patience", "checkpoint_every")
         for name in pos_int:
             if int(getattr(self, name)) < 1:

@@ -17,6 +17,7 @@ import json
 import logging
 import math
 import random
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from ..errors import RunDirError
+from ..errors import RunDirError, SteerkitError
 from ..phase.couplings import PhaseHook
 from ..phase.metrics import summarize
 from . import checkpoint as ck
@@ -39,6 +40,7 @@ from .signals import StopSignals
 
 log = logging.getLogger(__name__)
 StepCallback = Callable[[int, dict[str, Any]], Any]  # return "stop" to stop after this step
+FAILED = "failed.json"  # marks a run that failed after writing checkpoints (kept, never a default)
 
 
 @dataclass
@@ -198,10 +200,19 @@ class Trainer:
         c = ck.latest_checkpoint(self.paths.checkpoints)
         if c is None:
             raise RunDirError(f"{self.paths.root} has no usable checkpoint to resume from; start a new run")
-        self.load_trainable(c.tensors, "param.")
-        self.opt.load(c.tensors, c.meta)
-        self.ctl = dg.LRController.from_state(c.meta["controller"])
-        ck.set_rng_state(c.tensors, c.meta["rng"])
+        from ..validate import CHECKPOINT_RESUME_SCHEMA, check_schema
+
+        check_schema(c.meta, CHECKPOINT_RESUME_SCHEMA, str(c.path / "meta.json"), RunDirError)
+        try:
+            self.load_trainable(c.tensors, "param.")
+            self.opt.load(c.tensors, c.meta)
+            self.ctl = dg.LRController.from_state(c.meta["controller"])
+            ck.set_rng_state(c.tensors, c.meta["rng"])
+        except (KeyError, TypeError, ValueError, RuntimeError) as e:  # a checkpoint of another run's layout
+            raise RunDirError(
+                f"{c.path} does not fit this run ({type(e).__name__}: {(str(e).strip() or '-').splitlines()[0][:160]}); "
+                "start a new run"
+            ) from e
         kept = [m for m in read_metrics_lines(self.paths.metrics) if int(m.get("step", 0)) <= c.step]
         write_json_lines(self.paths.metrics, kept)
         self.recent = [m["loss"] for m in kept if m["step"] > self.ctl.last_eval_step]
@@ -246,6 +257,8 @@ class Trainer:
     def run(self) -> TrainResult:
         self.guard = ModelGuard(self.lm.model)
         handles: list[Any] = []
+        made = _first_missing(self.paths.root)  # the topmost folder this run creates (None: root existed)
+        in_loop = False
         try:
             self._setup()
             self.recent = []
@@ -253,13 +266,21 @@ class Trainer:
             if self.resuming:
                 self.objective.begin(self, fresh=False)
                 start = self._restore()
+                (self.paths.root / FAILED).unlink(missing_ok=True)
             else:
                 self.paths.root.mkdir(parents=True, exist_ok=True)
                 cfg_json = {"kind": KIND, "config": self.cfg.to_dict(), "resolved": self.resolved}
                 write_json(self.paths.config, cfg_json)
                 self.objective.begin(self, fresh=True)
             with self.signals:
+                in_loop = True
                 return self._loop(start, handles)
+        except BaseException as e:
+            if not self.resuming or in_loop:
+                failure = _no_half_run(self.paths, None if self.resuming else made, e)
+                if failure is not None:
+                    raise failure from e
+            raise
         finally:
             for h in handles:
                 h.remove()
@@ -318,6 +339,37 @@ class Trainer:
         return TrainResult(paths.root, status, step, best, self.ctl.stop_reason, self.signals.received)
 
 
+def _first_missing(d: Path) -> Path | None:
+    """The topmost of d and its parents that does not exist yet (None: d exists)."""
+    missing = None
+    for p in (d, *d.parents):
+        if p.exists():
+            break
+        missing = p
+    return missing
+
+
+def _no_half_run(paths: RunPaths, made: Path | None, e: BaseException) -> BaseException | None:
+    """A run that fails leaves no half-run for a default to pick up: without checkpoints what it
+    created is removed (an existing folder is emptied); with checkpoints it stays, marked failed
+    (failed.json), which `--resume` without --name skips. Returns the error to raise (a
+    SteerkitError gets a note saying which), or None to re-raise `e`."""
+    steps = ck.step_dirs(paths.checkpoints)
+    if steps:
+        write_json(paths.root / FAILED, {"error": str(e) or type(e).__name__, "last_checkpoint": steps[-1][0]})
+        note = (
+            f"{paths.root} keeps its checkpoints (up to step {steps[-1][0]}) and is marked failed; "
+            f"delete it, or continue it with --resume --name {paths.root.name}"
+        )
+    elif paths.root.exists():
+        for child in [made] if made is not None else list(paths.root.iterdir()):
+            shutil.rmtree(child) if child.is_dir() else child.unlink()
+        note = f"the run folder {paths.root} was removed (nothing to keep)"
+    else:
+        return None
+    return type(e)(f"{e}; {note}") if isinstance(e, SteerkitError) else None
+
+
 def _keeper(adapter: Any, store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
     def hook(module: Any, args: Any, output: Any) -> None:
         store[name] = adapter.get_hidden(output).detach()
@@ -332,15 +384,12 @@ def _append_metrics(path: Path, m: dict[str, Any]) -> None:
 
 
 def read_metrics_lines(path: Path) -> list[dict[str, Any]]:
+    """The rows of metrics.jsonl (a last line cut by a crash is dropped; any other bad line is an error)."""
+    from ..validate import METRICS_LINE_SCHEMA, read_jsonl
+
     if not path.is_file():
         return []
-    out = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            out.append(json.loads(line))
-        except json.JSONDecodeError:  # a line cut by a crash
-            continue
-    return out
+    return [obj for _, obj in read_jsonl(path, "metrics", RunDirError, METRICS_LINE_SCHEMA)]
 
 
 def write_json_lines(path: Path, rows: list[dict[str, Any]]) -> None:

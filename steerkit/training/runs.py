@@ -119,15 +119,16 @@ def build_phase(
 
 
 def read_config(run_dir: Path) -> tuple[TrainConfig, dict[str, Any]]:
+    from ..validate import TRAIN_CONFIG_FILE_SCHEMA, expect_dir, read_json
+
+    expect_dir(run_dir, "run folder", RunDirError, "pass a folder written by `steerkit train-phase`")
     p = RunPaths(run_dir).config
+    if not p.is_file():
+        raise RunDirError(f"{run_dir} has no config.json; pass a folder written by `steerkit train-phase`")
+    data = read_json(p, "run config", RunDirError, TRAIN_CONFIG_FILE_SCHEMA)
     try:
-        data = json.loads(p.read_text())
-        if data.get("kind") != KIND:
-            raise ValueError(f"kind is {data.get('kind')!r}")
         return TrainConfig.from_dict(data["config"]), dict(data.get("resolved", {}))
-    except FileNotFoundError as e:
-        raise RunDirError(f"{run_dir} has no config.json; pass a folder written by `steerkit train-phase`") from e
-    except (ValueError, KeyError, TypeError, json.JSONDecodeError) as e:
+    except (ValueError, KeyError, TypeError) as e:
         raise RunDirError(f"{p} is not a train-phase config ({e}); pass a train-phase run folder") from e
 
 
@@ -174,6 +175,26 @@ if TYPE_CHECKING:
     from ..models.loading import Placement
 
 
+def read_final(paths: RunPaths) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """(phase_core.json, phase_core.safetensors tensors) of a finished run, each checked: the summary's
+    schema, the checksum, a readable safetensors file (garbage whose recorded checksum was updated to
+    match is caught here) and finite values."""
+    from safetensors.torch import load_file
+
+    from ..validate import PHASE_SUMMARY_SCHEMA, check_finite, read_json
+
+    summary = read_json(paths.summary, "run summary", RunDirError, PHASE_SUMMARY_SCHEMA)
+    if sha256_file(paths.weights) != summary["sha256"]:
+        raise RunDirError(f"{paths.weights} does not match its sha256 in phase_core.json: the file is corrupt")
+    try:
+        state = load_file(str(paths.weights))
+    except Exception as e:
+        raise RunDirError(f"{paths.weights} is not a safetensors file ({type(e).__name__}): the file is corrupt") from e
+    for k, v in state.items():
+        check_finite(v, k, paths.weights, RunDirError, "the file is corrupt; retrain the run")
+    return summary, state
+
+
 def load_phase_run(
     run_dir: str | Path, lm: Any = None, *, device: str = "cpu", placement: Placement | None = None
 ) -> tuple[Any, PhaseCore, Coupling, TrainConfig]:
@@ -191,12 +212,7 @@ def load_phase_run(
         raise RunDirError(
             f"{d} is unfinished (no phase_core.safetensors); resume it with `steerkit train-phase --resume`"
         )
-    summary = json.loads(paths.summary.read_text())
-    if sha256_file(paths.weights) != summary.get("sha256"):
-        raise RunDirError(f"{paths.weights} does not match its sha256 in phase_core.json: the file is corrupt")
-    from safetensors.torch import load_file
-
-    state = load_file(str(paths.weights))
+    _, state = read_final(paths)
     if lm is None:
         from ..models import load
 
@@ -208,10 +224,17 @@ def load_phase_run(
     layer = resolve_layer(config.layer, lm.adapter.n_blocks(lm.model))
     core, coupling, module = build_phase(config, hidden)
     phase_state = {k[len("phase.") :]: v for k, v in state.items() if k.startswith("phase.")}
-    module.load_state_dict(phase_state, strict=True)
+    try:
+        module.load_state_dict(phase_state, strict=True)
+    except RuntimeError as e:  # missing / unexpected keys or shapes: torch's message is many lines
+        first = str(e).strip().splitlines()[-1].strip() if str(e).strip() else type(e).__name__
+        raise RunDirError(f"{paths.weights} does not fit the run's config.json ({first[:200]})") from e
     base = {k[len("base.") :]: v for k, v in state.items() if k.startswith("base.")}
     if base:
         params = dict(lm.model.named_parameters())
+        unknown = sorted(set(base) - set(params))
+        if unknown or any(params[k].shape != v.shape for k, v in base.items() if k in params):
+            raise RunDirError(f"{paths.weights}: its base.* tensors do not fit model {config.model}")
         with torch.no_grad():
             for k, v in base.items():
                 params[k].copy_(v.to(params[k]))

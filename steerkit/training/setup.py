@@ -23,7 +23,7 @@ from ..phase.core import PhaseCore
 from ..phase.couplings import Coupling
 from . import lora
 from .config import TrainConfig
-from .runs import KIND, RunPaths, build_phase, load_direction, read_config, resolve_layer
+from .runs import KIND, RunPaths, build_phase, load_direction, read_config, read_final, resolve_layer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def read_parent(parent: str | Path, lm: Any) -> tuple[TrainConfig, dict[str, Any
     if not d.is_dir() or not paths.config.is_file():
         raise RunDirError(f"--from {d} is not a train-phase run folder (no config.json); pass a finished run")
     try:
-        kind = json.loads(paths.config.read_text()).get("kind")
+        kind = json.loads(paths.config.read_text(encoding="utf-8")).get("kind")
     except (OSError, ValueError, AttributeError):
         kind = None
     if kind != KIND:
@@ -84,14 +84,7 @@ def read_parent(parent: str | Path, lm: Any) -> tuple[TrainConfig, dict[str, Any
     )
     if other:
         raise RunDirError(f"--from {d} was trained on another model ({cfg.model}); use that model or another run")
-    from safetensors.torch import load_file
-
-    from .checkpoint import sha256_file
-
-    summary = json.loads(paths.summary.read_text())
-    if sha256_file(paths.weights) != summary.get("sha256"):
-        raise RunDirError(f"--from {d}: phase_core.safetensors does not match its sha256: the run is corrupt")
-    return cfg, resolved, load_file(str(paths.weights))
+    return cfg, resolved, read_final(paths)[1]
 
 
 def inherit(cfg: TrainConfig, parent_cfg: TrainConfig) -> TrainConfig:

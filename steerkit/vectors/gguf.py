@@ -125,11 +125,9 @@ def read_control_vector(path: str | Path) -> ControlVector:
     ReadoutError."""
     import gguf
 
-    p = Path(path)
-    if p.is_dir():
-        raise ReadoutError(f"{p} is a folder; pass a control-vector .gguf file")
-    if not p.is_file():
-        raise ReadoutError(f"control-vector file {p} does not exist")
+    from ..validate import check_finite, expect_file
+
+    p = expect_file(path, "control-vector file", ReadoutError, "pass a llama.cpp / repeng control-vector .gguf")
     try:
         reader = gguf.GGUFReader(str(p))
     except Exception as e:  # bad magic, truncated header, ...: the reader's own words help nobody
@@ -156,6 +154,7 @@ def read_control_vector(path: str | Path) -> ControlVector:
         if len(t.shape) != 1:
             raise ReadoutError(f"{p}: {name} has shape {list(t.shape)}, not 1-D (n_embd,)")
         directions[n] = torch.from_numpy(np.array(t.data, dtype=np.float32).reshape(-1))
+        check_finite(directions[n], name, p, ReadoutError, "pass a control vector of finite numbers")
     if not directions:
         raise ReadoutError(f"{p} holds no direction tensors")
     widths = {int(d.numel()) for d in directions.values()}

@@ -82,30 +82,28 @@ class ConceptVectors:
         """Load and validate a readout folder; any problem is a one-line ReadoutError."""
         from safetensors.torch import load_file
 
-        d = Path(directory)
-        if not d.is_dir():
-            raise ReadoutError(f"vectors folder {d} does not exist; run `steerkit extract --stories corpora/` first")
+        from ..validate import READOUT_SCHEMA, check_finite, check_schema, expect_dir, read_json
+
+        d = expect_dir(directory, "vectors folder", ReadoutError, "pass a run folder written by `steerkit extract`")
         jpath, spath = d / "readout.json", d / "readout.safetensors"
         if not jpath.is_file() or not spath.is_file():
             raise ReadoutError(
                 f"{d} has no readout.json/readout.safetensors; pass a folder written by `steerkit extract`"
             )
-        try:
-            meta = json.loads(jpath.read_text())
-        except json.JSONDecodeError as e:
-            raise ReadoutError(f"{jpath} is not valid JSON ({e})") from e
-        if meta.get("format_version") != FORMAT_VERSION:
+        meta = read_json(jpath, "readout", ReadoutError)
+        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+            check_schema(meta, {"type": "object", "required": ["format_version"]}, str(jpath), ReadoutError)
             raise ReadoutError(
                 f"{jpath} has format_version {meta.get('format_version')!r}; this steerkit reads {FORMAT_VERSION}: "
                 "re-run `steerkit extract`"
             )
+        check_schema(meta, READOUT_SCHEMA, str(jpath), ReadoutError)
         try:
             tensors = load_file(spath)
         except Exception as e:
             raise ReadoutError(f"{spath} is unreadable ({type(e).__name__}); re-run `steerkit extract`") from e
-        concepts, layers = list(meta.get("concepts", [])), [int(x) for x in meta.get("layers", [])]
-        if not concepts or not layers:
-            raise ReadoutError(f"{jpath} lists no concepts or no layers")
+        concepts, layers = list(meta["concepts"]), list(meta["layers"])
+        fix = "the file is corrupt: re-run `steerkit extract`"
         vectors, norms, centers = {}, {}, {}
         for layer in layers:
             v, n = tensors.get(f"layer_{layer}.vectors"), tensors.get(f"layer_{layer}.norms")
@@ -116,12 +114,14 @@ class ConceptVectors:
                     f"{spath}: layer_{layer}.vectors has shape {tuple(v.shape)} but readout.json says "
                     f"({len(concepts)}, {meta.get('hidden_size')}): the files do not belong together"
                 )
+            check_finite(v, f"layer_{layer}.vectors", spath, ReadoutError, fix)
+            check_finite(n, f"layer_{layer}.norms", spath, ReadoutError, fix)
             vectors[layer], norms[layer] = v.float(), n.float()
             c = tensors.get(f"layer_{layer}.center")
             if c is not None:
                 if c.shape != (meta.get("hidden_size"),):
                     raise ReadoutError(f"{spath}: layer_{layer}.center has shape {tuple(c.shape)}, not (hidden_size,)")
-                centers[layer] = c.float()
+                centers[layer] = check_finite(c, f"layer_{layer}.center", spath, ReadoutError, fix).float()
         extra = {k for k in tensors if not any(k.startswith(f"layer_{la}.") for la in layers)}
         if extra:
             raise ReadoutError(f"{spath} has tensors not listed in readout.json: {', '.join(sorted(extra)[:3])}")

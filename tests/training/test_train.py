@@ -160,7 +160,7 @@ def test_cli_sigterm_resume_and_plots(tmp_path, tiny_dir_factory):
     "extra, needle",
     [
         (["--layer", "40"], "out of range"),
-        (["--lr-factor", "0.9"], "lr_factor"),
+        (["--lr-factor", "0.9"], "--lr-factor must be a number in [0.5, 0.7]"),
         (["--coupling", "gate", "--direction", "x.safetensors"], "direction"),
         (["--resume", "--name", "nothing"], "nothing to resume"),
     ],
