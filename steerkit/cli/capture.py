@@ -14,6 +14,7 @@ from .progress import progress_bar
 
 if TYPE_CHECKING:
     from ..capture import BlockSpec, Pooling
+    from ..models.loading import Placement
 
 
 @main.command()
@@ -65,8 +66,7 @@ if TYPE_CHECKING:
 def capture(
     model: str | None,
     trust_remote_code: bool,
-    dtype: str | None,
-    device: str,
+    placement: Placement,
     texts_path: str,
     layers: BlockSpec,
     sites: tuple[str, ...],
@@ -100,7 +100,7 @@ def capture(
     if cdir is not None:
         check_out_dir(cdir, "--cache-dir" if cache_dir else "the activation cache ($STEERKIT_CACHE)")
     items = read_texts(texts_path)
-    lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load(model, **placement.load_kwargs(), trust_remote_code=trust_remote_code)
     n = lm.adapter.n_blocks(lm.model)
     layer_list = layers.resolve(n)
     if not no_preflight:

@@ -23,19 +23,28 @@ def console() -> Any:
 
 
 def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
-    """--device and --dtype, with the same meaning on every command that loads a model.
+    """--device, --dtype, --device-map, --max-memory and --offload-folder, with the same meaning on
+    every command that loads a model (docs/scale.md).
 
     The command receives them as one `placement` argument (`steerkit.models.loading.Placement`;
     load with `load(spec, **placement.load_kwargs())`), or as `device` and `dtype` arguments if
-    its signature names those. An unusable device, or a dtype the device cannot run, is a one-line
-    error (exit 2) when the model loads, before anything is written."""
+    its signature names those (such a command refuses --device-map). An unusable device, a dtype
+    the device cannot run or a bad device map is a one-line error (exit 2) when the model loads,
+    before anything is written."""
     names = set(inspect.signature(f).parameters)
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
+        from ..errors import ModelLoadError
         from ..models.loading import Placement
 
-        placement = Placement(device=kwargs.pop("device"), dtype=kwargs.pop("dtype"))
+        mapping = {k: kwargs.pop(k) for k in ("device_map", "max_memory", "offload_folder")}
+        try:
+            placement = Placement(device=kwargs.pop("device"), dtype=kwargs.pop("dtype"), **mapping)
+        except ValueError as e:
+            raise ModelLoadError(str(e)) from e
+        if "placement" not in names and placement.device_map is not None:
+            raise ModelLoadError("this command does not take --device-map yet; leave it out")
         if "placement" in names:
             kwargs["placement"] = placement
         if "device" in names:
@@ -51,6 +60,23 @@ def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
         type=click.Choice(["float32", "bfloat16", "float16"]),
         default=None,
         help="Weight dtype (default float32); captured activations are pooled in float32 whatever it is.",
+    )(g)
+    g = click.option(
+        "--device-map",
+        default=None,
+        help="Shard / offload a model too large for one device: auto | balanced | balanced_low_0 | sequential "
+        "(accelerate plans it) or FILE.json {module: device, 'cpu' or 'disk'} (docs/scale.md).",
+    )(g)
+    g = click.option(
+        "--max-memory",
+        default=None,
+        help="Memory per device for --device-map auto etc., e.g. 0=20GiB,1=20GiB,cpu=60GiB.",
+    )(g)
+    g = click.option(
+        "--offload-folder",
+        default=None,
+        type=click.Path(file_okay=False),
+        help="Folder for disk-offloaded weights (default: $STEERKIT_CACHE/offload).",
     )(g)
     return g
 

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from . import main
 from .common import model_options
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 @main.command("export")
@@ -102,7 +105,7 @@ def _model_type(model: dict[str, Any]) -> str:
 @click.option("--concept", default=None, help="Name of the imported concept (default: the file's stem).")
 @click.option("--out", default=None, type=click.Path(), help="Readout folder (default: a new folder under runs/).")
 def import_cmd(
-    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, gguf_file: str, concept: str | None,
+    model: str | None, trust_remote_code: bool, placement: Placement, gguf_file: str, concept: str | None,
     out: str | None,
 ) -> None:  # fmt: skip
     """Turn a llama.cpp / repeng control vector into a readout that `steer` and `read` accept.
@@ -123,7 +126,7 @@ def import_cmd(
         raise ReadoutError("--concept is empty; give the imported concept a name")
     spec = model or DEFAULT_MODEL
     out_dir = prepare_out(Path(out), "import", create=False) if out else new_run_dir("import", name)
-    lm = load(spec, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load(spec, **placement.load_kwargs(), trust_remote_code=trust_remote_code)
     info = {k: lm.info[k] for k in ("spec", "family", "fingerprint", "model_type")}
     hidden = int(lm.model.get_input_embeddings().weight.shape[1])
     info |= {"n_blocks": lm.adapter.n_blocks(lm.model), "hidden_size": hidden}

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
 from .common import console, model_options
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 @main.command()
@@ -15,13 +19,13 @@ from .common import console, model_options
 @click.option("--allow-untrained", is_flag=True, help="Let random (untrained) models pass; for tests.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify(
-    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, allow_untrained: bool, as_json: bool
+    model: str | None, trust_remote_code: bool, placement: Placement, allow_untrained: bool, as_json: bool
 ) -> None:
     """Apparatus preflight: weights loaded, generation not degenerate, tokenizer round trip."""
     from ..errors import PreflightError
     from ..models import load, preflight
 
-    lm = load(model, dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    lm = load(model, **placement.load_kwargs(), trust_remote_code=trust_remote_code)
     rep = preflight.run(lm, allow_untrained=allow_untrained)
     if not rep.ok:  # one line; the table is for a model that passed (`--debug` shows the traceback)
         raise PreflightError(rep.failures[0] + (f" ({len(rep.failures) - 1} more)" if len(rep.failures) > 1 else ""))

@@ -93,7 +93,7 @@ def prepare_prompts(lm: Any, prompts: list[Prompt], n_tokens: int) -> list[Prepa
 
 
 def _device(lm: Any) -> torch.device:
-    return next(lm.model.parameters()).device
+    return lm.adapter.input_device(lm.model)  # a sharded / offloaded model: where the embedding runs
 
 
 def pad_id(lm: Any) -> int:

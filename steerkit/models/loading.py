@@ -95,9 +95,19 @@ def fingerprint(model: Any, spec: str) -> str:
     h.update(json.dumps(cfg, sort_keys=True, default=str).encode())
     import torch
 
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:  # bf16 weights compute other activations, even from a bf16 checkpoint
+        h.update(str(dtype).encode())
+
+    from .offload import tensor_value
+
+    modules = dict(model.named_modules())
     with torch.no_grad():
         for i, (name, p) in enumerate(model.named_parameters()):
             if i % 7 == 0 or name.endswith("embed_tokens.weight"):
+                if p.device.type == "meta":  # offloaded (CPU / disk): its hook holds the values
+                    owner, _, attr = name.rpartition(".")
+                    p = tensor_value(modules[owner], attr)
                 flat = p.detach().reshape(-1)
                 sample = flat[:: max(1, flat.numel() // 64)][:64].to("cpu", torch.float32)
                 h.update(name.encode())
@@ -107,19 +117,31 @@ def fingerprint(model: Any, spec: str) -> str:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where and in which dtype a model is loaded: what `--device` and `--dtype` say on every
-    command that loads a model (steerkit/cli/common.py: `device_options`)."""
+    """Where and in which dtype a model is loaded: what `--device`, `--dtype`, `--device-map`,
+    `--max-memory` and `--offload-folder` say on every command that loads a model
+    (steerkit/cli/common.py: `device_options`; docs/scale.md)."""
 
     device: str = "cpu"
     dtype: str | None = None  # None: float32
+    device_map: str | None = None  # auto | balanced | balanced_low_0 | sequential | FILE.json
+    max_memory: str | None = None  # e.g. "0=20GiB,1=20GiB,cpu=60GiB"
+    offload_folder: str | None = None  # where disk-offloaded weights go (default: the steerkit cache)
 
     def __post_init__(self) -> None:
         if self.dtype is not None and self.dtype not in _DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(_DTYPES)}, got {self.dtype!r}")
+        if self.device_map is not None and self.device != "cpu":
+            raise ValueError("give --device or --device-map, not both (the map places every module)")
+        if self.max_memory is not None and self.device_map is None:
+            raise ValueError("--max-memory limits what --device-map auto|balanced|sequential plans; give one")
 
     def load_kwargs(self) -> dict[str, Any]:
         """Keyword arguments of `load` for this placement."""
-        return {"device": self.device, "dtype": self.dtype}
+        out: dict[str, Any] = {"device": self.device, "dtype": self.dtype}
+        if self.device_map is not None:
+            out |= {"device_map": self.device_map, "max_memory": self.max_memory}
+            out |= {"offload_folder": self.offload_folder}
+        return out
 
 
 def _dtype_probe(device: str, dtype: str) -> None:
@@ -148,6 +170,13 @@ def check_dtype(device: str, dtype: str | None) -> None:
         ) from e
 
 
+def _main_device() -> str:
+    """Where an accelerate strategy puts the first modules: the first GPU, else the CPU."""
+    import torch
+
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
 def check_device(device: str) -> None:
     """Raise a one-line ModelLoadError unless torch can put a tensor on `device` (before any loading)."""
     import torch
@@ -165,20 +194,35 @@ def load(
     dtype: str | None = None,
     device: str = "cpu",
     device_map: str | dict[str, Any] | None = None,
+    max_memory: str | dict[int | str, int | str] | None = None,
+    offload_folder: str | Path | None = None,
     trust_remote_code: bool = False,
 ) -> LoadedModel:
     """Load `spec` (default: the zoo's default model) in eval mode.
 
-    dtype: 'float32' (default on CPU), 'bfloat16' or 'float16'. device_map is passed to
-    transformers (e.g. 'auto' to shard over GPUs); otherwise the model is moved to `device`.
+    dtype: 'float32' (default on CPU), 'bfloat16' or 'float16'. device_map: an accelerate strategy
+    ('auto', 'balanced', 'balanced_low_0', 'sequential', planned within max_memory, e.g.
+    '0=20GiB,cpu=60GiB'), a FILE.json or a dict {module: device} (devices: GPU index, 'cuda:N',
+    'mps', 'cpu' = offloaded to CPU RAM, 'disk' = offloaded to offload_folder); it is checked
+    against the model's modules before any weight is read. Without it the model is moved to `device`.
     """
     spec = spec or zoo.DEFAULT_MODEL
     if dtype is not None and dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
-    if device_map is None:
-        check_device(device)
-        check_dtype(device, dtype)
+    from . import devicemap as dm
+
+    dmap = dm.parse_device_map(device_map) if device_map is not None else None
+    mem = dm.parse_max_memory(max_memory) if isinstance(max_memory, str) else max_memory
+    for dev in [device] if dmap is None else dm.map_devices(dmap) or [_main_device()]:
+        check_device(dev)
+        check_dtype(dev, dtype)
     source, where, gguf_file = _resolve(spec)
+    if isinstance(dmap, dict):
+        try:
+            tree = dm.skeleton(where, gguf_file, trust_remote_code)
+        except Exception as e:  # the config itself is unreadable: say so as loading would
+            raise ModelLoadError(_explain(spec, source, e)) from e
+        dm.check_modules(dmap, tree, spec)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -189,8 +233,11 @@ def load(
         kwargs["gguf_file"] = gguf_file
     else:  # never unpickle: a pickle can hold code (docs/formats.md)
         kwargs["use_safetensors"] = True
-    if device_map is not None:
-        kwargs["device_map"] = device_map
+    if dmap is not None:
+        kwargs["device_map"] = dmap
+        kwargs["offload_folder"] = str(offload_folder or zoo.cache_root() / "offload")
+        if mem is not None:
+            kwargs["max_memory"] = mem
     try:
         tok = AutoTokenizer.from_pretrained(where, gguf_file=gguf_file, trust_remote_code=trust_remote_code)
         loaded: Any = AutoModelForCausalLM.from_pretrained(where, **kwargs)
@@ -221,6 +268,8 @@ def load(
         "device": str(next(model.parameters()).device),
         "fingerprint": fingerprint(model, spec),
     }
+    info["device"] = str(adapter.input_device(model))  # offloaded parameters sit on 'meta'
+    info["device_map"] = dict(getattr(model, "hf_device_map", None) or {}) or None
     prepare_tokenizer(tok, info)
     return LoadedModel(model, tok, adapter, info)
 
@@ -240,8 +289,9 @@ def from_model(model: Any, tokenizer: Any, spec: str = "<in-memory>") -> LoadedM
         "mismatched_keys": [],
         "load_seconds": 0.0,
         "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "device": str(next(model.parameters()).device),
+        "device": str(adapter.input_device(model)),
         "fingerprint": fingerprint(model, spec),
+        "device_map": dict(getattr(model, "hf_device_map", None) or {}) or None,
     }
     prepare_tokenizer(tokenizer, info)
     return LoadedModel(model, tokenizer, adapter, info)

@@ -72,7 +72,7 @@ def reference_loss_ratio(lm: LoadedModel) -> float:
 
 
 def _device(lm: LoadedModel) -> torch.device:
-    return next(lm.model.parameters()).device
+    return lm.adapter.input_device(lm.model)  # a sharded / offloaded model: where the embedding runs
 
 
 def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:

@@ -133,7 +133,9 @@ class PhaseHook:
     that block and applies the coupling. `outputs` collects one PhaseOutput per forward call
     (`last` is the latest). With carry_state=True the phases continue from one forward call to
     the next (incremental decoding); call `reset()` between independent sequences. `mask`
-    (batch, seq) may be set before a forward pass of a padded batch.
+    (batch, seq) may be set before a forward pass of a padded batch. On a model sharded over
+    devices, entering moves the core and the coupling to the coupled block's device, and the core
+    reads the hidden state, mask and carried phases there.
     """
 
     def __init__(
@@ -173,7 +175,8 @@ class PhaseHook:
 
     def _run_core(self, h: torch.Tensor) -> PhaseOutput:
         state = self._state if self.carry_state else None
-        out = self.core(h, state, self.mask)
+        mask = self.mask.to(h.device) if self.mask is not None else None
+        out = self.core(h, state.to(h.device) if state is not None else None, mask)
         if self.carry_state:
             self._state = out.state.detach()
         self.outputs.append(out)
@@ -210,6 +213,10 @@ class PhaseHook:
         a, model = self.lm.adapter, self.lm.model
         block = a.blocks(model)[self.layer]
         self.reset()
+        dev = a.block_device(model, self.layer)  # the block's own device on a sharded model
+        for m in (self.core, self.coupling):
+            if isinstance(m, nn.Module):
+                m.to(dev)
         try:
             if self.coupling.site == "mixer_output":
                 self._handles.append(block.register_forward_pre_hook(self._block_input_hook, with_kwargs=True))

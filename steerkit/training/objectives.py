@@ -39,7 +39,7 @@ def ce_u_loss(
     """L = CE + lam |U - u_target| for next-token prediction on unpadded chunks.
     logits (batch, seq, V) of ids (batch, seq) -> (scalar, parts with u (batch, seq-1))."""
     lg = logits[:, :-1].float()  # (batch, seq-1, V)
-    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1))
+    ce = F.cross_entropy(lg.reshape(-1, lg.shape[-1]), ids[:, 1:].reshape(-1).to(lg.device))  # sharded: head's device
     u = normalized_entropy(lg)  # (batch, seq-1)
     u_loss = (u - u_target).abs().mean()
     return ce + lam * u_loss, {"ce": ce, "u_loss": u_loss, "u": u}
@@ -48,7 +48,7 @@ def ce_u_loss(
 def token_logps(logits: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
     """log p(ids[t+1] | ids[:t+1]) per position: logits (b, T, V), ids (b, T) -> (b, T-1)."""
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)  # (b, T-1, V)
-    return logp.gather(-1, ids[:, 1:].long().unsqueeze(-1)).squeeze(-1)
+    return logp.gather(-1, ids[:, 1:].long().unsqueeze(-1).to(logp.device)).squeeze(-1)
 
 
 def completion_logps(
@@ -57,7 +57,7 @@ def completion_logps(
     """(sum, mean) of the completion tokens' log-probs per sequence.
     completion_mask (b, T): 1 on completion tokens (never on padding) -> (b,), (b,)."""
     tl = token_logps(logits, ids)  # (b, T-1)
-    m = completion_mask[:, 1:].to(tl.dtype)  # (b, T-1): which predicted tokens are completion
+    m = completion_mask[:, 1:].to(tl.device, tl.dtype)  # (b, T-1): which predicted tokens are completion
     total = (tl * m).sum(-1)  # (b,)
     return total, total / m.sum(-1).clamp_min(1.0)
 
@@ -96,7 +96,7 @@ def orpo_nll(logits: torch.Tensor, ids: torch.Tensor, attention_mask: torch.Tens
     (prompt included). logits (b, T, V), ids / attention_mask (b, T) -> scalar."""
     labels = torch.where(attention_mask.bool(), ids, torch.full_like(ids, -100))[:, 1:]  # (b, T-1)
     lg = logits[:, :-1].float()
-    return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1), ignore_index=-100)
+    return F.cross_entropy(lg.reshape(-1, lg.shape[-1]), labels.reshape(-1).to(lg.device), ignore_index=-100)
 
 
 def orpo_loss(

@@ -243,6 +243,6 @@ def load_phase_run(
         from .lora import merge_into
 
         merge_into(lm.model, list(resolved["lora_targets"]), config.lora_rank, config.lora_alpha, lora_state)
-    dev = next(lm.model.parameters()).device
+    dev = lm.adapter.block_device(lm.model, layer)  # the coupled block's own device (sharded models)
     module.to(dev).eval()
     return lm, core, coupling, config.replace(layer=layer)

@@ -122,7 +122,7 @@ def build_parts(cfg: TrainConfig, lm: Any) -> tuple[TrainConfig, Parts, dict[str
     hidden = int(model.get_input_embeddings().weight.shape[1])
     direction = load_direction(cfg.direction, layer, hidden) if cfg.direction else None
     core, coupling, module = build_phase(cfg, hidden, direction)
-    device = next(model.parameters()).device
+    device = adapter.block_device(model, layer)  # the coupled block's own device (sharded models)
     if parent_state:
         phase = {k[len("phase.") :]: v for k, v in parent_state.items() if k.startswith("phase.")}
         module.load_state_dict(phase, strict=True)

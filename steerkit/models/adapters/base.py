@@ -13,6 +13,8 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
+from ..offload import module_device, tensor_value
+
 BlockKind = Literal["attention", "linear_attention", "ssm", "rwkv"]
 
 
@@ -81,9 +83,14 @@ class Adapter:
         return int(model.get_input_embeddings().weight.shape[1])
 
     def input_device(self, model: Any) -> torch.device:
-        """Where token ids must go: the embedding's device (the first shard of a sharded model)."""
+        """Where token ids must go: the device the embedding runs on (the first shard of a sharded
+        model; with CPU / disk offload its weights sit on `meta` and a hook brings them there)."""
         emb: Any = model.get_input_embeddings()
-        return emb.weight.device if emb is not None else next(model.parameters()).device
+        return module_device(emb) if emb is not None else module_device(model)
+
+    def block_device(self, model: Any, index: int) -> torch.device:
+        """The device block `index` runs on (where its hooks see hidden states)."""
+        return module_device(self.blocks(model)[index])
 
     def block_info(self, model: Any, index: int) -> BlockInfo:
         raise NotImplementedError
@@ -136,8 +143,7 @@ class Adapter:
         mod = self.mlp_down_module(model, index)
         if mod is None:
             return None
-        w = mod.weight
-        assert isinstance(w, torch.Tensor)
+        w = tensor_value(mod, "weight")  # an offloaded weight is read from its hook
         return w.detach().t() if info.mlp_down_transposed else w.detach()
 
     def hidden_states_index(self, index: int) -> int:
