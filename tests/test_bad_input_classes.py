@@ -455,6 +455,26 @@ def test_negative_batch_budget_is_rejected(model_dir, tmp_path, monkeypatch):
             _run([*cmd, "--max-batch-tokens", v], tmp_path, "--max-batch-tokens must be an integer >= 1", monkeypatch)
 
 
+def test_sizes_that_would_hang_or_overflow_are_refused(readout, model_dir, tmp_path, monkeypatch):
+    _run(["intervene", "--grid", "0:1:1e-12"], tmp_path, "gives 1,000,000,000,001 levels, more than 101", monkeypatch)
+    _run(["intervene", "--grid", "0:nan:0.1"], tmp_path, "must be finite numbers", monkeypatch)
+    _run(["steer", "--vectors", readout, "--concept", "calm=1e300", "--prompt", "Hi"], tmp_path, "within", monkeypatch)
+    big = ["extract", "--stories", FIXTURE, "-m", model_dir, "--pooling", "mean_after:99999999999999999999"]
+    _run(big, tmp_path, "0 <= N <= 1,000,000", monkeypatch)
+    text = _texts(tmp_path / "t.txt")
+    _run(["train-phase", "-m", model_dir, "--text", text, "--oscillators", "1000000000"], tmp_path, "4096", monkeypatch)
+
+
+def test_out_of_memory_is_one_line(model_dir, tmp_path, monkeypatch):
+    import steerkit.models
+
+    def oom(*a, **k):
+        raise RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: 128 GB")
+
+    monkeypatch.setattr(steerkit.models, "load", oom)
+    _run(["verify", "-m", model_dir], tmp_path, "error: out of memory", monkeypatch)
+
+
 # ---- 5. honest messages --------------------------------------------------------------------------
 def test_verify_prints_its_table_only_on_success(model_dir, tmp_path, monkeypatch):
     _run(["verify", "-m", model_dir], tmp_path, "--allow-untrained", monkeypatch)  # a random model fails: no table

@@ -21,6 +21,7 @@ class Pooling:
         return f"mean_after:{self.skip}" if self.kind == "mean_after" else self.kind
 
 
+MAX_SKIP = 1_000_000  # mean_after:N beyond any text steerkit reads (validate.MAX_TEXT_CHARS)
 LAST = Pooling("last")
 MEAN = Pooling("mean")
 
@@ -37,9 +38,9 @@ def parse_pooling(spec: str | Pooling) -> Pooling:
             n = int(s.split(":", 1)[1])
         except ValueError:
             n = -1
-        if n >= 0:
+        if 0 <= n <= MAX_SKIP:
             return Pooling("mean_after", n)
-    raise ValueError(f"invalid pooling {spec!r}; valid: last, mean, mean_after:N (N >= 0)")
+    raise ValueError(f"invalid pooling {spec!r}; valid: last, mean, mean_after:N (0 <= N <= {MAX_SKIP:,})")
 
 
 def make_pooler(mask: torch.Tensor, pooling: Pooling) -> Callable[[torch.Tensor], torch.Tensor]:

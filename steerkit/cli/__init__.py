@@ -33,9 +33,29 @@ class _Group(click.Group):
             msg = e.message if isinstance(e, OptionError) else e.format_message()
             click.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
             sys.exit(2)
+        except (MemoryError, RuntimeError) as e:  # sizes the machine cannot hold: one line too
+            if not _out_of_memory(e) or (ctx.obj and ctx.obj.get("debug")):
+                raise
+            why = (str(e).strip() or type(e).__name__).splitlines()[0][:120]
+            click.echo(
+                f"error: out of memory ({why}); ask for less (--batch-size, --seq-len, --max-batch-tokens, "
+                "--oscillators) or use a smaller model",
+                err=True,
+            )
+            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: completed work is cached; run the same command again to resume", err=True)
             sys.exit(130)
+
+
+def _out_of_memory(e: BaseException) -> bool:
+    text = str(e).lower()
+    return (
+        isinstance(e, MemoryError)
+        or type(e).__name__ == "OutOfMemoryError"
+        or "can't allocate memory" in text
+        or "out of memory" in text
+    )
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})

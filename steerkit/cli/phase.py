@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import click
 
@@ -23,9 +23,6 @@ from .common import (
     console,
     model_options,
 )
-
-if TYPE_CHECKING:
-    from ..models.loading import Placement
 
 
 def _blocks(value: str | None, option: str) -> str | tuple[int, ...]:
@@ -85,7 +82,11 @@ def _latest_unfinished(root: Path) -> Path | None:
 @click.option("--fixed-direction", is_flag=True, help="Keep the additive direction fixed (do not train it).")
 @click.option("--alpha", default=0.1, type=FINITE_FLOAT, show_default=True, help="Initial coupling strength (learned).")
 @click.option(
-    "--oscillators", default=16, type=BoundedInt(2), show_default=True, help="Number of Kuramoto oscillators N."
+    "--oscillators",
+    default=16,
+    type=BoundedInt(2, 4096),
+    show_default=True,
+    help="Number of Kuramoto oscillators N (2-4096).",
 )
 @click.option("--k", "k_coupling", default=2.0, type=FINITE_FLOAT, show_default=True, help="Kuramoto coupling K.")
 @click.option("--learn-k", is_flag=True, help="Train K too.")
@@ -206,8 +207,7 @@ def _latest_unfinished(root: Path) -> Path | None:
     "--resume", is_flag=True, help="Continue run --name (default: the newest unfinished run) from its last checkpoint."
 )
 def train_phase(
-    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, placement: Placement,
-    texts: tuple[str, ...], layer: str,
+    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, texts: tuple[str, ...], layer: str,
     coupling: str, direction: str | None, fixed_direction: bool, alpha: float, oscillators: int, k_coupling: float,
     learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int, batch_size: int, lr: float,
     base_lr: float, lam: float, u_target: float, val_every: int, val_fraction: float, patience: int,
@@ -234,9 +234,7 @@ def train_phase(
                 f"nothing to resume under {root}{' named ' + name if name else ''}; start a run without --resume"
             )
         saved, _ = read_config(run_dir)
-        lm = load(
-            saved.model, **(placement.load_kwargs() | {"dtype": saved.dtype}), trust_remote_code=trust_remote_code
-        )
+        lm = load(saved.model, dtype=saved.dtype, device=device, trust_remote_code=trust_remote_code)
         cfg_steps = steps if _given("steps") else None
         click.echo(f"resuming {run_dir}", err=True)
         with _bar(cfg_steps or saved.steps) as on_step:
@@ -255,7 +253,7 @@ def train_phase(
         )
         if out and not name:
             run_dir = root / run_dir.name
-        lm = load(cfg.model, **(placement.load_kwargs() | {"dtype": cfg.dtype}), trust_remote_code=trust_remote_code)
+        lm = load(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=trust_remote_code)
         with _bar(cfg.steps) as on_step:
             result = loop.train(cfg, run_dir, lm=lm, on_step=on_step)
     _report(result)

@@ -102,6 +102,9 @@ def extract(
     )
 
 
+MAX_ALPHA = 1e4  # a steering strength beyond this only overflows the hidden state (docs/formats.md)
+
+
 def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
     import math
 
@@ -114,8 +117,8 @@ def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
             out[name.strip()] = float(val) if sep else 1.0
         except ValueError as e:
             raise SteerkitError(f"--concept {p!r}: use NAME=ALPHA, e.g. calm=4") from e
-        if not math.isfinite(out[name.strip()]):
-            raise SteerkitError(f"--concept {p!r}: ALPHA must be a finite number, e.g. calm=4")
+        if not (math.isfinite(out[name.strip()]) and abs(out[name.strip()]) <= MAX_ALPHA):
+            raise SteerkitError(f"--concept {p!r}: ALPHA must be a finite number within +-{MAX_ALPHA:g}, e.g. calm=4")
     if not out:
         raise SteerkitError("give at least one --concept NAME=ALPHA")
     return out

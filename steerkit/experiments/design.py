@@ -28,6 +28,7 @@ from ..errors import ExperimentError
 from ..phase.core import ForceMethod
 
 EXPERIMENTS: tuple[str, ...] = ("real", "negative", "positive")
+MAX_LEVELS = 101  # forced-R levels per run (each level is an arm: prompts x seeds generations)
 R_MAX_APPLIED = 1.0 - 1e-6  # PhaseCore forces R in [0, 1); a requested 1.0 is applied as this
 
 
@@ -120,9 +121,13 @@ def parse_grid(spec: str) -> tuple[float, ...]:
         start, stop, step = (float(p) for p in parts)
     except ValueError as e:
         raise ExperimentError(f"--grid {spec!r}: use START:STOP:STEP, e.g. 0:1:0.1") from e
+    if not all(math.isfinite(x) for x in (start, stop, step)):
+        raise ExperimentError(f"--grid {spec!r}: START, STOP and STEP must be finite numbers, e.g. 0:1:0.1")
     if not step > 0 or stop < start:
         raise ExperimentError(f"--grid {spec!r}: need STEP > 0 and STOP >= START")
     n = int(math.floor((stop - start) / step + 1e-9)) + 1
+    if n > MAX_LEVELS:
+        raise ExperimentError(f"--grid {spec!r} gives {n:,} levels, more than {MAX_LEVELS}; use a larger STEP")
     return check_levels([round(start + k * step, 10) for k in range(n)])
 
 
