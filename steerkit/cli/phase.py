@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -23,6 +23,9 @@ from .common import (
     console,
     model_options,
 )
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 def _blocks(value: str | None, option: str) -> str | tuple[int, ...]:
@@ -207,7 +210,8 @@ def _latest_unfinished(root: Path) -> Path | None:
     "--resume", is_flag=True, help="Continue run --name (default: the newest unfinished run) from its last checkpoint."
 )
 def train_phase(
-    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, texts: tuple[str, ...], layer: str,
+    model: str | None, trust_remote_code: bool, dtype: str | None, device: str, placement: Placement,
+    texts: tuple[str, ...], layer: str,
     coupling: str, direction: str | None, fixed_direction: bool, alpha: float, oscillators: int, k_coupling: float,
     learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int, batch_size: int, lr: float,
     base_lr: float, lam: float, u_target: float, val_every: int, val_fraction: float, patience: int,
@@ -234,7 +238,9 @@ def train_phase(
                 f"nothing to resume under {root}{' named ' + name if name else ''}; start a run without --resume"
             )
         saved, _ = read_config(run_dir)
-        lm = load(saved.model, dtype=saved.dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = load(
+            saved.model, **(placement.load_kwargs() | {"dtype": saved.dtype}), trust_remote_code=trust_remote_code
+        )
         cfg_steps = steps if _given("steps") else None
         click.echo(f"resuming {run_dir}", err=True)
         with _bar(cfg_steps or saved.steps) as on_step:
@@ -253,7 +259,7 @@ def train_phase(
         )
         if out and not name:
             run_dir = root / run_dir.name
-        lm = load(cfg.model, dtype=cfg.dtype, device=device, trust_remote_code=trust_remote_code)
+        lm = load(cfg.model, **(placement.load_kwargs() | {"dtype": cfg.dtype}), trust_remote_code=trust_remote_code)
         with _bar(cfg.steps) as on_step:
             result = loop.train(cfg, run_dir, lm=lm, on_step=on_step)
     _report(result)
