@@ -178,6 +178,10 @@ def test_nonfinite_activations_and_phase_core(readout, phase_run, tmp_path, monk
         json.dumps([{"sha256": str(i), "concepts": ["calm"], "sources": []} for i in range(4)])
     )
     _run(["quality-report", d], tmp_path, "resid.layer_3 holds 1 non-finite", monkeypatch)
+    acts["resid.layer_3"][2, 5] = 0.0
+    save_file(acts, d / "activations.safetensors")
+    save_file({"layer_1": torch.full((32, 64), float("inf"), dtype=torch.float16)}, d / "mlp_down.safetensors")
+    _run(["quality-report", d], tmp_path, "mlp_down.safetensors: layer_1 holds 2048 non-finite", monkeypatch)
     p = _copy(phase_run, tmp_path, "pr")
     key = next(iter(load_file(p / "phase_core.safetensors")))
     _poison(p / "phase_core.safetensors", key)

@@ -90,6 +90,8 @@ def load_run(run: str | Path) -> RunData:
     w_down: dict[int, torch.Tensor] = {}
     if (d / "mlp_down.safetensors").is_file():
         w = load_file(d / "mlp_down.safetensors")
+        for name, t in w.items():
+            check_finite(t, name, d / "mlp_down.safetensors", RunDirError, "re-run `steerkit extract`")
         w_down = {la: w[f"layer_{la}"].float() for la in cv.layers if f"layer_{la}" in w}
     manifest: dict[str, dict[str, Any]] = {}
     mpath = Path(cv.meta.get("corpus", {}).get("path", "")) / "manifest.json"
