@@ -29,7 +29,9 @@ SLOW = {"logistic"}  # fitted per concept and fold: only at a few layers in the 
 
 
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    ap = common.parser(__doc__)
+    ap.add_argument("--per-concept", type=int, default=SUBSET_PER_CONCEPT, help="pooling subset: stories per concept")
+    args = ap.parse_args()
     common.seed_all()
     out = common.out_dir("pooling_and_layers", args)
     clock = common.Clock()
@@ -44,8 +46,8 @@ def main() -> None:
     labels = torch.tensor([names.index(next(iter(t.concepts))) if len(t.concepts) == 1 else -1 for t in corpus.texts])
     k = 5 if not args.quick else 3
     slow_layers = layers[len(layers) // 2 - 1 : len(layers) // 2 + 2] if not args.quick else layers
-    subset = _subset(corpus, SUBSET_PER_CONCEPT if not args.quick else 10**6)
-    results: dict = {"layers": layers, "k_folds": k, "n_texts": len(texts), "n_subset": int(subset.sum()),
+    subset = _subset(corpus, args.per_concept if not args.quick else 10**6)
+    results: dict = {"per_concept": args.per_concept, "layers": layers, "k_folds": k, "n_texts": len(texts), "n_subset": int(subset.sum()),
                      "n_concepts": len(names), "table": {}, "methods": {}}  # fmt: skip
     cache = None if args.quick else cache_root() / "activations"
     idx = subset.nonzero().squeeze(1)
@@ -141,7 +143,7 @@ def _report(results: dict, args: object) -> str:
         "",
         common.table(mrows, ["method", "best block", "top-1", "top-3"]),
         "",
-        f"Poolings, on a subset ({results['n_subset']} texts: {SUBSET_PER_CONCEPT} unpaired stories per concept and "
+        f"Poolings, on a subset ({results['n_subset']} texts: {results['per_concept']} unpaired stories per concept and "
         "every paired text, the same texts for each pooling), best layer each:",
         "",
         common.table(rows, ["pooling", "method", "best block", "top-1", "top-3"]),
