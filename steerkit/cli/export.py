@@ -147,5 +147,6 @@ def import_cmd(
     finish_run(out_dir, "import", source=str(Path(gguf_file).resolve()), model=spec, concept=name, layers=cv.layers)
     click.echo(
         f"imported {Path(gguf_file).name} as concept {name!r} on blocks {cv.layers} for {spec} -> {out_dir}; "
-        f"steer with: steerkit steer --vectors {out_dir} --concept {name}=1 --layer {cv.layers[len(cv.layers) // 2]}"
+        f"steer as llama.cpp would: steerkit steer --vectors {out_dir} --concept {name}=1 "
+        f"--layers {','.join(map(str, cv.layers))}"
     )

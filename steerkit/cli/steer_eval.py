@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
 import click
 
 from . import main
-from .common import console
+from .common import console, device_options
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 
 def _floats(spec: str, what: str) -> tuple[float, ...]:
@@ -57,13 +61,12 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 @click.option("--batch-rows", default=128, show_default=True, help="Generations per generate() call (memory vs speed).")
 @click.option("--out", default=None, type=click.Path(), help="Output folder (default: the vectors run).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the row cache (no resume).")
-@click.option("--device", default="cpu", show_default=True, help="Torch device (cpu, cuda, mps).")
-@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default=None, help="Weight dtype.")
+@device_options
 def steer_eval_cmd(
     vectors: str | None, model: str | None, concepts: str, layers: str, alphas: str, scale: str, prompts: str | None,
     seeds: int, greedy: bool, temperature: float, max_new_tokens: int, random_draws: int, max_nll_increase: float,
     min_success: float, top: int, readout_layer: int | None, significance: float, seed: int, batch_rows: int,
-    out: str | None, no_cache: bool, device: str, dtype: str | None,
+    out: str | None, no_cache: bool, placement: Placement,
 ) -> None:  # fmt: skip
     """Does adding a concept vector make the model write text that expresses the concept, and what
     does it cost in fluency? Steers every concept x layer x alpha on neutral prompts, re-reads each
@@ -89,7 +92,7 @@ def steer_eval_cmd(
         raise ExperimentError(str(e)) from e
     with progress_bar("steer-eval", unit="rows") as update:
         out_dir, rep = evaluate(
-            cfg, vectors, prompts, out, model=model, device=device, dtype=dtype, cache=not no_cache, progress=update
+            cfg, vectors, prompts, out, model=model, placement=placement, cache=not no_cache, progress=update
         )
     s = rep["summary"]
     console().print(

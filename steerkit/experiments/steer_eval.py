@@ -19,11 +19,14 @@ import logging
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ExperimentError, ReadoutError, RunDirError
 from .design import load_prompts
 from .steer_eval_grid import Progress, RowCache, run_grid
+
+if TYPE_CHECKING:
+    from ..models.loading import Placement
 
 log = logging.getLogger(__name__)
 KIND = "steer-eval"
@@ -196,6 +199,7 @@ def evaluate(
     lm: Any = None,
     device: str = "cpu",
     dtype: str | None = None,
+    placement: Placement | None = None,
     cache: bool = True,
     progress: Progress | None = None,
 ) -> tuple[Path, dict[str, Any]]:
@@ -228,7 +232,8 @@ def evaluate(
     if lm is None:
         from ..models import load
 
-        lm = load(model or cv.meta.get("model", {}).get("spec"), device=device, dtype=dtype)
+        where = placement.load_kwargs() if placement is not None else {"device": device, "dtype": dtype}
+        lm = load(model or cv.meta.get("model", {}).get("spec"), **where)
         check_model(cv, lm, explicit=True)
     else:
         check_model(cv, lm, explicit=model is not None)

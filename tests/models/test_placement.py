@@ -45,6 +45,7 @@ def test_bf16_capture_pools_in_fp32_close_to_fp32(family, tmp_path, tiny_tok):
     texts = [t.text for t in corpus.texts]
     f32, b16 = load(str(d)), load(str(d), dtype="bfloat16")
     assert b16.info["dtype"] == "bfloat16"
+    assert b16.info["fingerprint"] != f32.info["fingerprint"]  # bf16 activations never share the fp32 cache
     pooling = parse_pooling("mean_after:1")
     a = capture(f32, texts, [1, 3], sites=("resid", "heads"), pooling=pooling)
     b = capture(b16, texts, [1, 3], sites=("resid", "heads"), pooling=pooling)
@@ -139,6 +140,7 @@ COMMANDS = {
     "import": ["import", "--gguf", "{root}/cv.gguf", "-m", "{tiny}", "--out", "{tmp}/imp"],
     "train-phase": ["train-phase", "-m", "{tiny}", "--text", "{root}/texts.txt", "--steps", "1", "--out", "{tmp}/ph"],
     "intervene": ["intervene", "--run", "{phase}", "--force-R", "0.3", "--out", "{tmp}/iv"],
+    "steer-eval": ["steer-eval", "--vectors", "{run}", "--out", "{tmp}/se"],
 }
 
 
