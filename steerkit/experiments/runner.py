@@ -150,13 +150,9 @@ def arm(
 def tf_batch(prompts: list[Prepared], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Prompt + continuation of each prompt, right-padded: ids and mask (b, T_max). Right padding
     never changes the real positions of a causal (or recurrent) model, nor the phases there."""
-    seqs = [p.prompt_ids + p.cont_ids for p in prompts]
-    t = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), t), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, : len(x)], mask[i, : len(x)] = torch.tensor(x), 1
-    return ids, mask
+    from ..capture.forward import pad
+
+    return pad([p.prompt_ids + p.cont_ids for p in prompts], pad_id, "right")
 
 
 def forward_capture(

@@ -162,12 +162,10 @@ def _by_prompt(owners: list[int]) -> list[list[int]]:
 
 
 def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(x) for x in seqs)
-    ids = torch.full((len(seqs), t), pad, dtype=torch.long)
-    mask = torch.zeros((len(seqs), t), dtype=torch.long)
-    for i, x in enumerate(seqs):
-        ids[i, t - len(x) :], mask[i, t - len(x) :] = torch.tensor(x), 1
-    return ids, mask
+    """Left-padded ids and mask (b, T_max): the one padder, `capture.forward.pad`."""
+    from ..capture.forward import pad as pad_seqs
+
+    return pad_seqs(seqs, pad, "left")
 
 
 def overlap(free_top: torch.Tensor, forced_top: torch.Tensor, lengths: np.ndarray, max_new: int) -> np.ndarray:
