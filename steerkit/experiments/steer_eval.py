@@ -161,13 +161,18 @@ def resolve_concepts(names: tuple[str, ...], cv: Any) -> list[str]:
     return list(dict.fromkeys(names))
 
 
-def check_model(cv: Any, lm: Any, explicit: bool) -> None:
-    """The vectors must come from this model: same fingerprint when the model was named or loaded
-    from the run's spec, and always the same hidden size and enough blocks."""
+def check_model(cv: Any, lm: Any, explicit: bool, same_dtype: bool = True) -> None:
+    """The vectors must come from this model: when --model was given, the same fingerprint (the same
+    spec, when another dtype makes the fingerprint differ by design); always the same hidden size
+    and enough blocks."""
     run_model = cv.meta.get("model", {})
     hidden, n_blocks = int(lm.model.get_input_embeddings().weight.shape[1]), lm.adapter.n_blocks(lm.model)
     fp = run_model.get("fingerprint")
-    if (explicit and fp and fp != lm.info.get("fingerprint")) or cv.hidden_size != hidden or max(cv.layers) >= n_blocks:
+    other = explicit and (
+        (same_dtype and fp and fp != lm.info.get("fingerprint"))
+        or (not same_dtype and run_model.get("spec") != lm.info.get("spec"))
+    )
+    if other or cv.hidden_size != hidden or max(cv.layers) >= n_blocks:
         raise ReadoutError(
             f"the vectors were made with {run_model.get('spec', '?')} (fingerprint {fp}), not with "
             f"{lm.info.get('spec')} (fingerprint {lm.info.get('fingerprint')}); leave --model out or pass the run's model"
@@ -234,7 +239,8 @@ def evaluate(
 
         where = placement.load_kwargs() if placement is not None else {"device": device, "dtype": dtype}
         lm = load(model or cv.meta.get("model", {}).get("spec"), **where)
-        check_model(cv, lm, explicit=True)
+        same_dtype = str(where.get("dtype") or "float32") in ("float32", "torch.float32")
+        check_model(cv, lm, explicit=model is not None, same_dtype=same_dtype)
     else:
         check_model(cv, lm, explicit=model is not None)
     fp = str(lm.info.get("fingerprint", "model"))

@@ -119,6 +119,7 @@ def test_steer_without_strength_uses_the_operating_point(env, tmp_path):
 
     run = tmp_path / "run"
     shutil.copytree(env["run"], run)
+    (run / "steer_eval.json").unlink(missing_ok=True)  # left by an earlier test
     base = ["steer", "--vectors", str(run), "--prompt", "The cat sat on", "--max-new-tokens", "5"]
     res = CliRunner().invoke(main, [*base, "--concept", "calm"])  # no steer-eval: alpha 1, as before
     assert res.exit_code == 0 and "calm=1 " in res.output, res.output
@@ -134,3 +135,22 @@ def test_steer_without_strength_uses_the_operating_point(env, tmp_path):
     rep["source"]["readout_sha256"] = "0" * 64
     (run / "steer_eval.json").write_text(json.dumps(rep))
     _one_line_error(CliRunner().invoke(main, [*base, "--concept", "calm"]), "other vectors")
+
+
+def test_check_model_compares_fingerprints_only_for_a_named_model_of_the_same_dtype(tiny_lm_factory):
+    from steerkit.errors import ReadoutError
+    from steerkit.experiments.steer_eval import check_model
+    from steerkit.vectors import ConceptVectors
+
+    lm = tiny_lm_factory("llama")
+    import torch
+
+    cv = ConceptVectors(["a"], [1], {1: torch.ones(1, 32)}, {1: torch.ones(1)}, {"model": {"spec": lm.info["spec"],
+                        "fingerprint": "other"}})  # fmt: skip
+    check_model(cv, lm, explicit=False)  # the run's own spec, loaded by us: only the shapes must fit
+    with pytest.raises(ReadoutError, match="made with"):
+        check_model(cv, lm, explicit=True)
+    check_model(cv, lm, explicit=True, same_dtype=False)  # another dtype: the same spec is enough
+    wide = ConceptVectors(["a"], [1], {1: torch.ones(1, 64)}, {1: torch.ones(1)}, {"model": {"spec": "x"}})
+    with pytest.raises(ReadoutError, match="made with"):
+        check_model(wide, lm, explicit=False)
