@@ -7,6 +7,8 @@ In one run, on the same texts (the first N corpus stories) and the same layers:
 Goals: (c)/(a) <= 1.05, (b)/(c) >= 3, (c)/(d) >= 20. Prints a table and writes JSON.
 Also reported: (b)/(a), the ceiling of (b)/(c) on this machine (no capture beats the bare forward),
 and with --backends the cold time of the nnsight and lens backends relative to hooks (no cache).
+Also the bf16 / fp32 capture time ratio (the same model loaded with dtype bfloat16, cold, paired
+repeats) and how far bf16's pooled activations are from fp32's (max per-text relative difference).
 
     .venv/bin/python benchmarks/capture.py [--model smollm2-135m] [--n 200] [--also-tiny] [--backends]
 """
@@ -91,6 +93,30 @@ def backends(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, f
     return t
 
 
+def dtype_ratio(spec, lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
+    """Cold capture (no cache) of the fp32 model and of the same weights loaded in bfloat16,
+    interleaved; bf16/fp32 is the median of the paired ratios."""
+    b16 = load(spec, dtype="bfloat16")
+    kw = {"pooling": parse_pooling("mean_after:1"), "max_batch_tokens": max_batch_tokens}
+    times: dict[str, list[float]] = {"fp32": [], "bf16": []}
+    res = {}
+    for _ in range(repeats):
+        for name, m in (("fp32", lm), ("bf16", b16)):
+            s = time.perf_counter()
+            res[name] = capture(m, texts, layers, **kw)
+            times[name].append(time.perf_counter() - s)
+    rel = max(
+        float(((res["fp32"].resid[la] - res["bf16"].resid[la]).norm(dim=1) / res["fp32"].resid[la].norm(dim=1)).max())
+        for la in layers
+    )
+    return {
+        "fp32_s": min(times["fp32"]),
+        "bf16_s": min(times["bf16"]),
+        "bf16/fp32": statistics.median(b / f for b, f in zip(times["bf16"], times["fp32"], strict=True)),
+        "bf16_max_rel_diff": rel,
+    }
+
+
 def bench(lm, texts, layers, max_batch_tokens=1024, repeats=2) -> dict[str, float]:
     """Times of (a)-(d). (a), (c) and (d) run back to back `repeats` times; the ratios are medians
     of the per-repeat ratios (paired, so a drift in machine load cancels), the times are minima."""
@@ -159,6 +185,7 @@ def main() -> None:
     }
     if args.backends:
         results[args.model] |= backends(lm, texts, layers, repeats=args.repeats)
+    results[args.model] |= dtype_ratio(args.model, lm, texts, layers, repeats=args.repeats)
     if args.also_tiny:
         import tiny_models
 
