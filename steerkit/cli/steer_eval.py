@@ -8,7 +8,17 @@ from typing import TYPE_CHECKING
 import click
 
 from . import main
-from .common import console, device_options
+from .common import (
+    NONNEG_FLOAT,
+    OPEN_UNIT_FLOAT,
+    POSITIVE_FLOAT,
+    POSITIVE_INT,
+    SEED,
+    UNIT_FLOAT,
+    BoundedInt,
+    console,
+    device_options,
+)
 
 if TYPE_CHECKING:
     from ..models.loading import Placement
@@ -41,24 +51,50 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 @click.option("--prompts", default=None, type=click.Path(),
               help="Prompts (.jsonl {prompt} or one per line). Default: corpora/prompts/neutral_openings.jsonl.")  # fmt: skip
 @click.option(
-    "--seeds", default=2, show_default=True, help="Sampled continuations per prompt (same seeds in every arm)."
+    "--seeds",
+    default=2,
+    type=POSITIVE_INT,
+    show_default=True,
+    help="Sampled continuations per prompt (same seeds in every arm).",
 )
 @click.option(
     "--greedy", is_flag=True, help="Greedy decoding instead of seeded sampling (one continuation per prompt)."
 )
-@click.option("--temperature", default=1.0, show_default=True, help="Sampling temperature.")
-@click.option("--max-new-tokens", default=40, show_default=True, help="Tokens per continuation.")
-@click.option("--random-draws", default=8, show_default=True, help="Random directions per layer (the control).")
-@click.option("--max-nll-increase", default=1.0, show_default=True,
+@click.option("--temperature", default=1.0, type=POSITIVE_FLOAT, show_default=True, help="Sampling temperature.")
+@click.option("--max-new-tokens", default=40, type=POSITIVE_INT, show_default=True, help="Tokens per continuation.")
+@click.option(
+    "--random-draws",
+    default=8,
+    type=BoundedInt(2),
+    show_default=True,
+    help="Random directions per layer (the control).",
+)
+@click.option("--max-nll-increase", default=1.0, type=NONNEG_FLOAT, show_default=True,
               help="Operating points keep the NLL increase at or below this (nat/token).")  # fmt: skip
-@click.option("--min-success", default=0.5, show_default=True, help="Least success rate of an operating point.")
-@click.option("--top", default=3, show_default=True, help="Success = the steered concept among the top N read.")
+@click.option(
+    "--min-success", default=0.5, type=UNIT_FLOAT, show_default=True, help="Least success rate of an operating point."
+)
+@click.option(
+    "--top", default=3, type=POSITIVE_INT, show_default=True, help="Success = the steered concept among the top N read."
+)
 @click.option(
     "--readout-layer", default=None, type=int, help="Layer the continuations are read at (default: best_layer)."
 )
-@click.option("--significance", default=0.05, show_default=True, help="Level of the claims after Holm over the grid.")
-@click.option("--seed", default=0, show_default=True, help="Base seed (sampling and random directions).")
-@click.option("--batch-rows", default=128, show_default=True, help="Generations per generate() call (memory vs speed).")
+@click.option(
+    "--significance",
+    default=0.05,
+    type=OPEN_UNIT_FLOAT,
+    show_default=True,
+    help="Level of the claims after Holm over the grid.",
+)
+@click.option("--seed", default=0, type=SEED, show_default=True, help="Base seed (sampling and random directions).")
+@click.option(
+    "--batch-rows",
+    default=128,
+    type=POSITIVE_INT,
+    show_default=True,
+    help="Generations per generate() call (memory vs speed).",
+)
 @click.option("--out", default=None, type=click.Path(), help="Output folder (default: the vectors run).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the row cache (no resume).")
 @device_options
