@@ -7,8 +7,9 @@ that names the file (and the line, for text and JSON Lines) and says what to do:
   errors with line and column, a partial last JSON Lines line (cut by a crash) skipped;
 - `check_schema`: a small JSON Schema subset (type, required, properties, additionalProperties,
   items, const, enum, minimum, exclusiveMinimum, minLength, minItems, uniqueItems) in which a
-  "number" is always finite; the schemas of readout.json, run.json, metrics.jsonl lines,
-  checkpoint meta.json, phase_core.json and prompt lines are below (docs/formats.md);
+  "number" is always finite; `SCHEMAS` holds those of every JSON file steerkit reads back
+  (readout.json, run.json, metrics.jsonl lines, checkpoint meta.json, phase_core.json, a run's
+  config.json and texts.json, prompt lines, quality.json's best layer; docs/formats.md);
 - `check_finite`: NaN / inf in a tensor read from disk;
 - `expect_dir` / `expect_file` / `check_out_dir`: "X is a file, expected a folder", not "does
   not exist";
@@ -62,9 +63,10 @@ def check_out_dir(path: str | Path, what: str, error: Error = SteerkitError) -> 
     p = Path(path)
     for q in (p, *p.parents):
         if q.exists():
+            if q == p and not q.is_dir():
+                raise error(f"{what} {p} is a file, expected a folder; choose a folder")
             if not q.is_dir():
-                where = "" if q == p else f" (its parent {q} is a file)"
-                raise error(f"{what} {p} is a file, expected a folder{where}; choose a folder")
+                raise error(f"{what} {p} cannot be a folder: its parent {q} is a file; choose another folder")
             break
     return p
 
