@@ -417,7 +417,7 @@ def test_wrong_kind_of_path(readout, phase_run, model_dir, tmp_path, monkeypatch
         _run(args, tmp_path, needle, monkeypatch)
     monkeypatch.setenv("STEERKIT_CACHE", str(f))  # the default cache root is a file
     res = CliRunner().invoke(main, ["capture", "-m", str(model_dir), "--texts", str(f), "--out", str(tmp_path / "o")])
-    assert res.exit_code == 2 and "is a file, expected a folder" in res.output, res.output
+    assert res.exit_code == 2 and f"its parent {f} is a file" in res.output, res.output
     assert f.read_text() == "precious" and not (tmp_path / "o").exists()
 
 
