@@ -98,7 +98,12 @@ def _latest_unfinished(root: Path) -> Path | None:
 @click.option(
     "--steps", default=200, type=POSITIVE_INT, show_default=True, help="Training steps (a new total with --resume)."
 )
-@click.option("--seq-len", default=64, type=BoundedInt(2), show_default=True, help="Tokens per training sequence.")
+@click.option(
+    "--seq-len",
+    default=None,
+    type=BoundedInt(2),
+    help="Tokens per training sequence (default 64; DPO/ORPO: 1024, TRL's max_length, so whole pairs fit).",
+)
 @click.option("--batch-size", default=4, type=POSITIVE_INT, show_default=True, help="Sequences per step.")
 @click.option(
     "--lr", default=3e-3, type=POSITIVE_FLOAT, show_default=True, help="Learning rate of the phase core and coupling."
@@ -213,7 +218,7 @@ def train_phase(
     model: str | None, trust_remote_code: bool, dtype: str | None, device: str, placement: Placement,
     texts: tuple[str, ...], layer: str,
     coupling: str, direction: str | None, fixed_direction: bool, alpha: float, oscillators: int, k_coupling: float,
-    learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int, batch_size: int, lr: float,
+    learn_k: bool, dt: float, steps_per_token: int, steps: int, seq_len: int | None, batch_size: int, lr: float,
     base_lr: float, lam: float, u_target: float, val_every: int, val_fraction: float, patience: int,
     plateau_share: float, lr_factor: float, checkpoint_every: int, keep_last: int, unfreeze: str | None,
     lora_rank: int, lora_alpha: float, lora_lr: float, lora_blocks: str | None, objective: str, pairs: str | None,
@@ -270,6 +275,12 @@ def _given(param: str) -> bool:
     return ctx.get_parameter_source(param) not in (click.core.ParameterSource.DEFAULT, None)
 
 
+def _default_seq_len(objective: str) -> int:
+    """64 tokens of story text for CE; TRL's max_length (1024) for preference pairs, whose
+    completions a short window would cut to their first few tokens."""
+    return 64 if objective == "ce" else 1024
+
+
 def _config(o: dict[str, Any]) -> Any:
     from ..models import zoo
     from ..phase import CouplingConfig, PhaseConfig
@@ -287,7 +298,7 @@ def _config(o: dict[str, Any]) -> Any:
                 steps_per_token=o["steps_per_token"],
             ),
             coupling=CouplingConfig(name=o["coupling"], alpha=o["alpha"], learn_direction=not o["fixed_direction"]),
-            direction=o["direction"], steps=o["steps"], seq_len=o["seq_len"], batch_size=o["batch_size"], lr=o["lr"],
+            direction=o["direction"], steps=o["steps"], seq_len=o["seq_len"] or _default_seq_len(o["objective"]), batch_size=o["batch_size"], lr=o["lr"],
             base_lr=o["base_lr"], lam=o["lam"], u_target=o["u_target"], val_every=o["val_every"],
             val_fraction=o["val_fraction"], patience=o["patience"], plateau_share=o["plateau_share"],
             lr_factor=o["lr_factor"], checkpoint_every=o["checkpoint_every"], keep_last=o["keep_last"],

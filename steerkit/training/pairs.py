@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,8 @@ from typing import Any
 import torch
 
 from ..errors import CorpusError
+
+log = logging.getLogger(__name__)
 
 FIELDS = ("prompt", "chosen", "rejected")
 VAL_SPLITS = {"validation", "val", "test", "eval"}
@@ -193,7 +196,32 @@ def tokenize_pairs(tokenizer: Any, pairs: list[Pair], seq_len: int, source: str 
             f"{len(too_long)} of {len(pairs)} pairs in {source} have a prompt of --seq-len {seq_len} tokens or more "
             f"(first: line {line}, {n} tokens); raise --seq-len or shorten the prompts"
         )
+    warn_truncation(out, source)
     return out
+
+
+def warn_truncation(tp: TokenizedPairs, source: str) -> None:
+    """Warn when --seq-len cuts completions: how many pairs, the share of completion tokens lost and
+    the --seq-len that would keep them all (a preference learned from the first few tokens of each
+    continuation is rarely the one the pairs were written for)."""
+    cut, kept, total, longest = 0, 0, 0, 0
+    for p, c, r in zip(tp.prompt, tp.chosen, tp.rejected, strict=True):
+        room = tp.seq_len - len(p)
+        longest = max(longest, len(p) + max(len(c), len(r)))
+        cut += int(len(c) > room or len(r) > room)
+        total += len(c) + len(r)
+        kept += min(len(c), room) + min(len(r), room)
+    if cut:
+        log.warning(
+            "%d of %d pairs in %s are cut to --seq-len %d: %.0f%% of the completion tokens are dropped "
+            "(--seq-len %d keeps them all)",
+            cut,
+            len(tp),
+            source,
+            tp.seq_len,
+            100 * (1 - kept / max(total, 1)),
+            longest,
+        )
 
 
 def pair_batch(tp: TokenizedPairs, idx: list[int], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

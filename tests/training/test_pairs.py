@@ -109,3 +109,22 @@ def test_batch_is_prompt_plus_completion_cut_to_seq_len(tiny_tok):
         assert cm[r].tolist() == [0] * len(tp.prompt[i]) + [1] * (n - len(tp.prompt[i])) + [0] * (10 - n)
     assert tp.chosen[1][-1] == tiny_tok.eos_token_id  # EOS ends each completion (when it fits)
     assert json.loads(json.dumps(tp.lines)) == [1, 2]
+
+
+def test_truncation_warns_with_the_share_dropped_and_the_seq_len_that_fits(tiny_tok, caplog):
+    pairs = [Pair("the cat", " sat on the warm mat by the door.", " ran.", 1), Pair("she", " ok.", " no.", 2)]
+    full = tokenize_pairs(tiny_tok, pairs, seq_len=1024)
+    need = max(len(p) + max(len(c), len(r)) for p, c, r in zip(full.prompt, full.chosen, full.rejected, strict=True))
+    with caplog.at_level("WARNING", logger="steerkit.training.pairs"):
+        tokenize_pairs(tiny_tok, pairs, seq_len=need)
+    assert not caplog.records  # everything fits: silent
+    room = need - 2
+    with caplog.at_level("WARNING", logger="steerkit.training.pairs"):
+        tokenize_pairs(tiny_tok, pairs, seq_len=room)
+    (rec,) = caplog.records
+    total = sum(len(c) + len(r) for c, r in zip(full.chosen, full.rejected, strict=True))
+    kept = sum(min(len(s), room - len(p)) for p, c, r in zip(full.prompt, full.chosen, full.rejected, strict=True)
+               for s in (c, r))  # fmt: skip
+    assert f"1 of 2 pairs in --pairs are cut to --seq-len {room}" in rec.getMessage()
+    assert f"{100 * (1 - kept / total):.0f}% of the completion tokens" in rec.getMessage()
+    assert f"(--seq-len {need} keeps them all)" in rec.getMessage()

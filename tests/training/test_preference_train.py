@@ -155,6 +155,29 @@ def test_lora_blocks_range_with_negative_end_trains_exactly_those_blocks(tmp_pat
     assert cfg["lora_blocks"] == [1, 2]
 
 
+def test_preference_seq_len_defaults_to_trl_max_length_ce_to_64(tmp_path, tiny_dir_factory):
+    model = str(tiny_dir_factory("llama"))
+    texts = tmp_path / "t.txt"
+    texts.write_text("\n---\n".join(f"story {i}: " + "the cat sat on the mat and then it ran. " * 20 for i in range(10)))
+    common = [
+        "--model",
+        model,
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--val-every",
+        "1",
+        "--out",
+        str(tmp_path / "runs"),
+    ]
+    for name, extra in (("p", ["--objective", "dpo", "--pairs", str(_pairs(tmp_path))]), ("c", ["--text", str(texts)])):
+        res = CliRunner().invoke(main, ["train-phase", *common, "--name", name, *extra])
+        assert res.exit_code == 0, res.output
+    cfg = {n: json.loads((tmp_path / "runs" / n / "config.json").read_text())["config"] for n in "pc"}
+    assert cfg["p"]["seq_len"] == 1024 and cfg["c"]["seq_len"] == 64
+
+
 def _bad(tmp_path, name, content: bytes):
     p = tmp_path / name
     p.write_bytes(content)
