@@ -52,6 +52,19 @@ class Sampler:
         return (scores.float() / self.temperature + noise).to(scores.dtype)
 
 
+def _cache_kwarg() -> str:
+    """generate()'s name for a prefilled KV cache: `cache` from transformers 5.24 on (where
+    `past_key_values` warns that it goes in 6.0), `past_key_values` before."""
+    try:
+        from transformers.generation.utils import ALL_CACHE_NAMES
+    except ImportError:
+        return "past_key_values"
+    return "cache" if "cache" in ALL_CACHE_NAMES else "past_key_values"
+
+
+_CACHE_KWARG = _cache_kwarg()
+
+
 def _generate(
     lm: Any, ids: torch.Tensor, mask: torch.Tensor, sampler: Any, gc: Any, hook: Any, share: int = 1
 ) -> torch.Tensor:
@@ -75,7 +88,7 @@ def _generate(
                 cache = out.past_key_values
                 cache.batch_repeat_interleave(share)
                 hook.repeat_state(share)
-                kw["past_key_values"] = cache
+                kw[_CACHE_KWARG] = cache
             ids, mask = ids.repeat_interleave(share, 0), mask.repeat_interleave(share, 0)
             out = lm.model.generate(
                 ids, attention_mask=mask, generation_config=gc, logits_processor=LogitsProcessorList([sampler]), **kw

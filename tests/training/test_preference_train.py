@@ -77,9 +77,11 @@ def test_dpo_step1_is_ln2_zero_rewards_and_reference_is_stored(tmp_path, tiny_to
     assert {"rewards.png", "preference_r.png", "loss.png", "r.png"} <= pngs
 
 
-@pytest.mark.parametrize("objective, optimizer", [("orpo", "adamw"), ("dpo", "apollo-mini")])
+@pytest.mark.parametrize("objective, optimizer", [("orpo", "adamw"), ("dpo", "apollo-mini"), ("orpo", "apollo")])
 def test_sigterm_then_resume_equals_uninterrupted(tmp_path, tiny_tok, objective, optimizer):
     extra = {"lora_rank": 2, "lora_blocks": "2:-1", "lora_lr": 0.01} if optimizer != "adamw" else {}
+    if optimizer == "apollo":  # full APOLLO (channel-wise scaling), at a rank the tiny adapters admit
+        extra["apollo_rank"] = 2
     cfg = _cfg(_pairs(tmp_path), objective=objective, optimizer=optimizer, **extra)
     a = train(cfg, tmp_path / "a", lm=_lm(tiny_tok))
     assert a.status == "finished"
