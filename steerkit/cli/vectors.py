@@ -244,7 +244,7 @@ def steer(
     lm = load(model or _run_model(cv, vectors_dir), **placement.load_kwargs())
     _check_model(cv, lm, layers)
     tok = lm.tokenizer
-    enc = tok(prompt, return_tensors="pt").to(lm.adapter.input_device(lm.model))
+    enc = tok(prompt, return_tensors="pt").to(lm.input_device)
     if enc.input_ids.shape[1] == 0:
         raise SteerkitError(f"the prompt {prompt!r} has no tokens; pass some text with --prompt")
 

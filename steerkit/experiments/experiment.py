@@ -239,7 +239,7 @@ def pair_margins(
     from ..training.objectives import completion_logps
     from ..training.pairs import pair_batch
 
-    dev = setup.lm.adapter.input_device(setup.lm.model)
+    dev = setup.lm.input_device
     out: list[np.ndarray] = []
     with arm(setup, coupling, level, method, detached=detached) as hook, torch.no_grad():
         for i in range(0, len(pairs.indices), pairs.batch_size):

@@ -77,10 +77,10 @@ def prepare_prompts(lm: Any, prompts: list[Prompt], n_tokens: int) -> list[Prepa
             cids = list(tok(p.continuation, add_special_tokens=False)["input_ids"])
             cont = p.continuation
         else:
-            ids = torch.tensor([pids], device=_device(lm))
+            ids = torch.tensor([pids], device=lm.input_device)
             with torch.no_grad():
                 gen = lm.model.generate(
-                    ids, attention_mask=torch.ones_like(ids), generation_config=_gen_config(lm, n_tokens)
+                    ids, attention_mask=torch.ones_like(ids), generation_config=gen_config(lm, n_tokens)
                 )
             cids = gen[0, len(pids) :].tolist()
             eos = tok.eos_token_id
@@ -92,17 +92,13 @@ def prepare_prompts(lm: Any, prompts: list[Prompt], n_tokens: int) -> list[Prepa
     return out
 
 
-def _device(lm: Any) -> torch.device:
-    return lm.adapter.input_device(lm.model)  # a sharded / offloaded model: where the embedding runs
-
-
 def pad_id(lm: Any) -> int:
     tok = lm.tokenizer
     eos = tok.eos_token_id
     return int(tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0))
 
 
-def _gen_config(lm: Any, max_new: int) -> Any:
+def gen_config(lm: Any, max_new: int) -> Any:
     from transformers import GenerationConfig
 
     return GenerationConfig(
@@ -127,7 +123,7 @@ def planted_coupling(setup: Setup, alpha: float) -> Coupling:
     cfg = CouplingConfig(
         name="additive", alpha=alpha, learn_alpha=False, center=setup.coupling.config.center, learn_direction=False
     )
-    return make_coupling(cfg, hidden, direction).to(_device(setup.lm)).eval()
+    return make_coupling(cfg, hidden, direction).to(setup.lm.input_device).eval()
 
 
 @contextmanager
@@ -161,7 +157,7 @@ def forward_capture(
     """Logits (b, T, V) of a right-padded batch, the residual (b, T, hidden) after each block in `sites`
     (and probe_layer) and the final norm's output. Call inside an `arm` (whose hook it is)."""
     lm = setup.lm
-    a, model, dev = lm.adapter, lm.model, _device(lm)
+    a, model, dev = lm.adapter, lm.model, lm.input_device
     store: dict[str, torch.Tensor] = {}
 
     def keep(name: str, index: int | None) -> Callable[..., None]:

@@ -25,7 +25,7 @@ import torch
 
 from . import measures as M
 from .design import InterveneConfig
-from .runner import Prepared, Setup, _device, _gen_config, arm, pad_id
+from .runner import Prepared, Setup, arm, gen_config, pad_id
 
 log = logging.getLogger(__name__)
 SAMPLERS = ("batched", "generate", "recompute")
@@ -65,7 +65,7 @@ def _cache_kwarg() -> str:
 _CACHE_KWARG = _cache_kwarg()
 
 
-def _generate(
+def generate_batch(
     lm: Any, ids: torch.Tensor, mask: torch.Tensor, sampler: Any, gc: Any, hook: Any, share: int = 1
 ) -> torch.Tensor:
     """generate() on a left-padded batch of distinct prompts (b, P), each drawn `share` times (rows
@@ -100,7 +100,7 @@ def _generate(
     return out[:, ids.shape[1] :].cpu()  # (rows, <= G) new tokens
 
 
-def _recompute(lm: Any, ids: torch.Tensor, sampler: Any, gc: Any) -> torch.Tensor:
+def generate_recompute(lm: Any, ids: torch.Tensor, sampler: Any, gc: Any) -> torch.Tensor:
     """generate()'s greedy loop without a cache (one prompt, no padding): a full forward per token.
     Rows that emitted EOS get pad tokens; every row's sampler draws at every step, as in generate()."""
     x, done = ids, torch.zeros(len(ids), dtype=torch.bool, device=ids.device)
@@ -131,23 +131,23 @@ def generate_rows(
     (-1 after the last step). replay (rows, G): force these tokens (the other arm's) instead of sampling.
     """
     lm, g = setup.lm, cfg.max_new_tokens
-    gc = _gen_config(lm, g)
+    gc = gen_config(lm, g)
     flat = [s for ss in seeds for s in ss]
     owners = [i for i, ss in enumerate(seeds) for _ in ss]
     tokens = torch.full((len(flat), g), gc.pad_token_id, dtype=torch.long)
     top = torch.full((len(flat), g, min(cfg.top_k, _vocab(lm))), -1, dtype=torch.long)
     u = torch.zeros((len(flat), g), dtype=torch.float64)
-    groups = [list(range(len(flat)))] if setup.sampler == "batched" else _by_prompt(owners)
+    groups = [list(range(len(flat)))] if setup.sampler == "batched" else rows_by_prompt(owners)
     for rows in groups:
         hook.reset()  # independent sequences: no phases carried over from an earlier call
         sampler = Sampler([flat[r] for r in rows], cfg.temperature, cfg.top_k, None if replay is None else replay[rows])
         plist = [prompts[owners[r]].prompt_ids for r in rows]
         if setup.sampler == "recompute":
-            new = _recompute(lm, torch.tensor(plist, device=_device(lm)), sampler, gc)
+            new = generate_recompute(lm, torch.tensor(plist, device=lm.input_device), sampler, gc)
         else:
             share = len(seeds[0]) if setup.sampler == "batched" and len({len(x) for x in seeds}) == 1 else 1
-            ids, mask = _left_pad(plist[::share], pad_id(lm))
-            new = _generate(lm, ids.to(_device(lm)), mask.to(_device(lm)), sampler, gc, hook, share)
+            ids, mask = left_pad(plist[::share], pad_id(lm))
+            new = generate_batch(lm, ids.to(lm.input_device), mask.to(lm.input_device), sampler, gc, hook, share)
         steps = new.shape[1]
         tokens[rows, :steps] = new
         u[rows, :steps] = torch.stack(sampler.u, 1)[:, :steps]
@@ -167,14 +167,14 @@ def _vocab(lm: Any) -> int:
     return int(lm.model.get_output_embeddings().weight.shape[0])
 
 
-def _by_prompt(owners: list[int]) -> list[list[int]]:
+def rows_by_prompt(owners: list[int]) -> list[list[int]]:
     groups: dict[int, list[int]] = {}
     for r, i in enumerate(owners):
         groups.setdefault(i, []).append(r)
     return list(groups.values())
 
 
-def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+def left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Left-padded ids and mask (b, T_max): the one padder, `capture.forward.pad`."""
     from ..capture.forward import pad as pad_seqs
 

@@ -24,8 +24,8 @@ import numpy as np
 import torch
 
 from . import measures as M
-from .runner import Prepared, _device, _gen_config, pad_id, tf_batch
-from .sampling import Sampler, _by_prompt, _generate, _left_pad, _recompute, pick_sampler
+from .runner import Prepared, gen_config, pad_id, tf_batch
+from .sampling import Sampler, generate_batch, generate_recompute, left_pad, pick_sampler, rows_by_prompt
 
 log = logging.getLogger(__name__)
 LOGIT_BUDGET = 1 << 24  # logits (rows x positions x vocab) held at once by the NLL pass
@@ -100,20 +100,20 @@ def generate_chunk(
 
     sampler 'batched': all rows in one left-padded generate(); 'generate': one call per prompt
     (no padding); 'recompute': per prompt, a full forward per token without a cache."""
-    gc = _gen_config(lm, spec.max_new)
-    dev = _device(lm)
+    gc = gen_config(lm, spec.max_new)
+    dev = lm.input_device
     out = torch.full((len(owners), spec.max_new), gc.pad_token_id, dtype=torch.long)
-    groups = [list(range(len(owners)))] if sampler == "batched" else _by_prompt(owners)
+    groups = [list(range(len(owners)))] if sampler == "batched" else rows_by_prompt(owners)
     for rows in groups:
         if steer is not None:
             steer.rows = rows
         proc = _processor([seeds[r] for r in rows], spec)
         if sampler == "recompute":
             ids = torch.tensor([prompts[owners[r]] for r in rows], device=dev)
-            new = _recompute(lm, ids, proc, gc)
+            new = generate_recompute(lm, ids, proc, gc)
         else:
-            ids, mask = _left_pad([prompts[owners[r]] for r in rows], pad_id(lm))
-            new = _generate(lm, ids.to(dev), mask.to(dev), proc, gc, None)
+            ids, mask = left_pad([prompts[owners[r]] for r in rows], pad_id(lm))
+            new = generate_batch(lm, ids.to(dev), mask.to(dev), proc, gc, None)
         out[rows, : new.shape[1]] = new
     if steer is not None:
         steer.rows = None
@@ -148,7 +148,7 @@ def continuation_nll(lm: Any, prompts: list[list[int]], conts: list[list[int]]) 
     out = np.full(len(conts), np.nan)
     todo = sorted((r for r in range(len(conts)) if conts[r]), key=lambda r: len(prompts[r]) + len(conts[r]))
     vocab = int(lm.model.get_output_embeddings().weight.shape[0])
-    dev = _device(lm)
+    dev = lm.input_device
     i = 0
     while i < len(todo):
         j = i + 1

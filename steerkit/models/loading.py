@@ -39,6 +39,12 @@ class LoadedModel:
     adapter: Adapter
     info: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def input_device(self) -> Any:
+        """The torch.device input ids go to: where the embedding runs (on a sharded or offloaded
+        model, the first shard's device)."""
+        return self.adapter.input_device(self.model)
+
     def generate(self, prompt: str, max_new_tokens: int = 40, *, sample: bool = False, seed: int = 0,
                  **kwargs: Any) -> str:  # fmt: skip
         """The continuation of `prompt` (text only, prompt excluded): greedy, or seeded sampling.
@@ -47,7 +53,7 @@ class LoadedModel:
 
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
-        enc = self.tokenizer(prompt, return_tensors="pt").to(self.adapter.input_device(self.model))
+        enc = self.tokenizer(prompt, return_tensors="pt").to(self.input_device)
         if enc.input_ids.shape[1] == 0:
             raise ValueError(f"the prompt {prompt!r} has no tokens")
         torch.manual_seed(seed)

@@ -64,15 +64,11 @@ def distinct_share(tokens: list[int]) -> float:
 
 def reference_loss_ratio(lm: LoadedModel) -> float:
     """Mean next-token NLL on REFERENCE divided by log(vocab size)."""
-    ids = lm.tokenizer(REFERENCE, return_tensors="pt").input_ids.to(_device(lm))
+    ids = lm.tokenizer(REFERENCE, return_tensors="pt").input_ids.to(lm.input_device)
     with torch.inference_mode():
         logits = lm.model(ids).logits[0, :-1].float()
     nll = torch.nn.functional.cross_entropy(logits, ids[0, 1:]).item()
     return nll / math.log(logits.shape[-1])
-
-
-def _device(lm: LoadedModel) -> torch.device:
-    return lm.adapter.input_device(lm.model)  # a sharded / offloaded model: where the embedding runs
 
 
 def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:
@@ -107,7 +103,7 @@ def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:
     worst = ""
     rep_shares, dist_shares = [], []
     for prompt in PROMPTS:
-        enc = tok(prompt, return_tensors="pt").to(_device(lm))
+        enc = tok(prompt, return_tensors="pt").to(lm.input_device)
         with torch.inference_mode():
             out = lm.model.generate(
                 **enc,

@@ -154,7 +154,7 @@ class Trainer:
         self.cfg, self.parts, parent = build_parts(self.cfg, self.lm)
         self.guard.lora_targets = self.parts.lora_targets
         self.layer = self.parts.layer
-        self.device = self.lm.adapter.input_device(self.lm.model)  # where batches go (sharded: the first shard)
+        self.device = self.lm.input_device  # where batches go (sharded: the first shard)
         facts = self.objective.prepare(self)
         self.opt = Optimizers(self.cfg, self.parts)
         self.ctl = dg.LRController()
