@@ -55,8 +55,8 @@ def main() -> None:
         grid = []
     steerkit("steer-eval", "--vectors", vectors, "--out", str(work / "eval"), *grid)
     rep = json.loads((work / "eval" / "steer_eval.json").read_text())
-    for png in (work / "eval").glob("*.png"):
-        (out / png.name).write_bytes(png.read_bytes())
+    for f in [*(work / "eval").glob("*.png"), work / "eval" / "steer_eval.md"]:  # the figures and the full table
+        (out / f.name).write_bytes(f.read_bytes())
     results = {"summary": rep["summary"], "operating_points": rep["operating_points"], "layers": rep["layers"],
                "alphas": rep["alphas"], "n_units": rep["n_units"], "geometry": _geometry(rep, Path(vectors))}  # fmt: skip
     _frontier(rep, out)
