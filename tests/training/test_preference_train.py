@@ -160,7 +160,9 @@ def test_lora_blocks_range_with_negative_end_trains_exactly_those_blocks(tmp_pat
 def test_preference_seq_len_defaults_to_trl_max_length_ce_to_64(tmp_path, tiny_dir_factory):
     model = str(tiny_dir_factory("llama"))
     texts = tmp_path / "t.txt"
-    texts.write_text("\n---\n".join(f"story {i}: " + "the cat sat on the mat and then it ran. " * 20 for i in range(10)))
+    texts.write_text(
+        "\n---\n".join(f"story {i}: " + "the cat sat on the mat and then it ran. " * 20 for i in range(10))
+    )
     common = [
         "--model",
         model,
