@@ -26,10 +26,13 @@ COUPLINGS = ["additive", "multiplicative", "gate"]
 # intervene). The preference runs use the recipe that learned on smollm2 (docs/preference.md: lr 0.05,
 # whole pairs; held-out accuracy plateaus by step 10). 12 prompts are the fewest whose smallest
 # two-sided p (2 / 2^12) clears Holm's first threshold over 5 levels x 8 measures.
+# ORPO does not learn on the core alone (docs/preference.md: it has no reference, so its accuracy needs
+# the base model's own preference reordered, which a rank-1 coupling cannot do in 20 steps); it gets
+# the recipe that does learn: lambda (beta) 1 and rank-8 LoRA on the blocks from the coupled one on.
 FULL = {"ce_steps": 40, "pref_steps": 20, "pref_lr": 0.05, "seeds": 1, "prompts": 12, "grid": "0:1:0.25",
-        "permutations": 2000}  # fmt: skip
+        "permutations": 2000, "orpo": ["--beta", "1", "--lora-rank", "8", "--lora-lr", "1e-3"]}  # fmt: skip
 QUICK = {"ce_steps": 2, "pref_steps": 2, "pref_lr": 0.05, "seeds": 1, "prompts": 4, "grid": "0:1:1",
-         "permutations": 100}  # fmt: skip
+         "permutations": 100, "orpo": ["--beta", "1", "--lora-rank", "2", "--lora-lr", "1e-3"]}  # fmt: skip
 
 
 def steerkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -74,10 +77,13 @@ def main() -> None:
                  str(p["ce_steps"]), "--out", str(runs), "--name", ce, *base, *(["--seq-len", "32"] if args.quick else []),
                  cwd=work)  # fmt: skip
         names = [ce]
+        layer = json.loads((runs / ce / "config.json").read_text())["config"]["layer"]  # the coupled block
         for obj in ("dpo", "orpo") if not args.quick else ("dpo",):
             name = f"{coupling}-{obj}"
+            extra = [*p["orpo"], "--lora-blocks", f"{layer}:-1"] if obj == "orpo" else []
             steerkit("train-phase", "--model", model, "--objective", obj, "--pairs", pairs, "--from", str(runs / ce),
-                     "--steps", str(p["pref_steps"]), "--out", str(runs), "--name", name, *base, *pref_len, cwd=work)  # fmt: skip
+                     "--steps", str(p["pref_steps"]), "--out", str(runs), "--name", name, *base, *pref_len, *extra,
+                     cwd=work)  # fmt: skip
             names.append(name)
         for name in names if not args.quick else names[1:]:
             iv = work / f"iv-{name}"
