@@ -4,8 +4,9 @@ Each benchmark measures ratios within one run (capture vs the bare forward, stee
 generate, a DPO step vs a CE step, ...), never wall-clock goals. This script runs the ones present,
 keeps each one's JSON (or its printed lines) and writes one table. `--quick` runs only the
 synthetic quality-metrics benchmark at toy sizes (seconds), to keep this script from rotting.
-The peer-library comparison (steering-vectors 0.12.2, repeng 0.4.0) needs its own environment with
-transformers < 5 (DESIGN.md); no script for it is committed, so it is reported as not run.
+The peer-library comparison (benchmarks/peers.py: steering-vectors 0.12.2, repeng 0.4.0) needs
+transformers < 5 and numpy < 2; that script makes its own environment on first use
+($STEERKIT_CACHE/peer-venv, a few minutes of pip), never in the project's dependencies.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ FULL = {
     "quality_metrics": [],
     "preference": [],
     "steer_eval": [],
+    "peers": [],
 }
 QUICK = {
     "quality_metrics": [
@@ -64,7 +66,7 @@ def main() -> None:
         cmd = [sys.executable, str(script), *extra]
         if name in ("capture",):
             cmd += ["--out", str(jpath)]
-        elif name == "phase_overhead":
+        elif name in ("phase_overhead", "peers"):
             cmd += ["--json", str(jpath)]
         t = common.Clock()
         proc = subprocess.run(cmd, capture_output=True, text=True, cwd=common.ROOT)
@@ -77,7 +79,8 @@ def main() -> None:
             entry["json"] = json.loads(jpath.read_text())
         results["benchmarks"][name] = entry
         print(f"{name}: {entry['status']} in {entry['seconds']} s", flush=True)
-    results["peers"] = {"status": "not run: no peer environment script is committed (see DESIGN.md for the figures)"}
+    peers = results["benchmarks"].get("peers", {})
+    results["peers"] = {"status": "not run (quick mode)" if args.quick else peers.get("status", "absent")}
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     rows = [[n, e["status"], e.get("seconds", "-"), (e.get("output_tail") or ["-"])[-1][:90]]
@@ -92,8 +95,29 @@ def main() -> None:
         "",
         "Full outputs: results.json and the per-benchmark JSON files beside it. Peers: "
         + results["peers"]["status"] + ".",
+        *_peer_table(peers.get("json")),
     ]) + "\n"  # fmt: skip
     common.write_results(out, results, md)
+
+
+def _peer_table(p: dict | None) -> list[str]:
+    """Markdown lines: extract time and held-out top-3 per library (benchmarks/peers.py's JSON)."""
+    if not p:
+        return []
+    pools = list(next(iter(p["readout"].values())))
+    rows = [[lib, f"{p['extract_ratio_vs_steerkit'][lib]:.2f}", p["forwards"][lib],
+             *(f"{r[q]['top3']:.3f} / {r[q]['top1']:.3f} (block {r[q]['best_layer']})" for q in pools)]
+            for lib, r in p["readout"].items()]  # fmt: skip
+    head = ["library", "extract time / steerkit", "forwards", *(f"held-out top-3 / top-1, {q} pooling" for q in pools)]
+    return [
+        "",
+        f"## Peers ({p['model']}, {p['n_texts']} stories, {p['n_concepts']} concepts, {p['k_folds']}-fold)",
+        "",
+        common.table(rows, head),
+        "",
+        f"Peer environment: {p['peer_versions']}; its logits on a test sentence differ from steerkit's by "
+        f"{p['peer_check']['max_abs_logit_diff']:.1e} at most (same token ids: {p['peer_check']['same_ids']}).",
+    ]
 
 
 if __name__ == "__main__":

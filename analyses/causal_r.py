@@ -11,10 +11,10 @@ controls and the conclusion. `--quick`: a tiny random model saved to a temporary
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -46,10 +46,15 @@ def steerkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 def main() -> None:
     args = common.parser(__doc__).parse_args()
+    with common.scratch("causal_r", args.keep) as work:
+        chain(args, work)
+
+
+def chain(args: argparse.Namespace, work: Path) -> None:
+    """Train, continue and intervene in `work` (a scratch folder); write the results."""
     out = common.out_dir("causal_r", args)
     clock = common.Clock()
     p = QUICK if args.quick else FULL
-    work = Path(tempfile.mkdtemp(prefix="causal_r-"))
     model = args.model
     base = ["--batch-size", "2", "--val-every", "2"] if args.quick else []
     pref_len = ["--seq-len", "384", "--lr", str(p["pref_lr"])] if args.quick else ["--lr", str(p["pref_lr"])]

@@ -34,6 +34,7 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="results folder (default analyses/results/<name>)")
     p.add_argument("--model", default="smollm2-135m", help="model spec for the full run")
     p.add_argument("--corpus", default=None, help="corpus folder for the full run (default corpora/)")
+    p.add_argument("--keep", action="store_true", help="keep the temporary working folder (runs, reports)")
     return p
 
 
@@ -139,6 +140,23 @@ def table(rows: list[list[Any]], header: list[str]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     out += ["| " + " | ".join(r) + " |" for r in fmt]
     return "\n".join(out)
+
+
+@contextmanager
+def scratch(name: str, keep: bool = False) -> Iterator[Path]:
+    """A temporary working folder for an analysis's runs, removed afterwards unless `keep`
+    (then its path is printed, so the runs can be inspected)."""
+    import shutil
+    import tempfile
+
+    work = Path(tempfile.mkdtemp(prefix=f"{name}-"))
+    try:
+        yield work
+    finally:
+        if keep:
+            print(f"working folder kept: {work}", flush=True)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 @contextmanager

@@ -11,10 +11,10 @@ concept pairs)? `--quick`: a tiny random model, two concepts, one layer, greedy.
 
 from __future__ import annotations
 
+import argparse
 import json
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,9 +34,14 @@ def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--vectors", default=None, help="extract run (default: make one in a temporary folder)")
     args = ap.parse_args()
+    with common.scratch("steering", args.keep) as work:
+        run(args, work)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    """The steer-eval grid (and, without --vectors, the extract it needs) in `work`; the results."""
     out = common.out_dir("steering", args)
     clock = common.Clock()
-    work = Path(tempfile.mkdtemp(prefix="steering-"))
     vectors = args.vectors
     if args.quick:
         lm = common.tiny_lm()
