@@ -45,7 +45,15 @@ def steerkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
 
 
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    ap = common.parser(__doc__)
+    ap.add_argument("--report-only", action="store_true", help="rebuild report.md from the results.json in --out")
+    args = ap.parse_args()
+    if args.report_only:  # the 80-minute chain need not rerun when only the report's wording changes
+        out = common.out_dir("causal_r", args)
+        results = json.loads((out / "results.json").read_text())
+        results["conclusion"] = conclusion(results)
+        common.write_results(out, results, _report(results))
+        return
     with common.scratch("causal_r", args.keep) as work:
         chain(args, work)
 
@@ -198,11 +206,20 @@ def conclusion(results: dict) -> str:
     pref = [(n, e) for _, n, e in runs if "pref_margin" in (e["verdicts"].get("measures") or {})]
     if pref:
         hit = [n for n, e in pref if "pref_margin" in e["moved"]]
+        learned = [n for n, e in pref if _learned(e)]
         parts.append(
-            f"Forcing R moved the held-out chosen-minus-rejected margin in {len(hit)} of {len(pref)} preference runs"
-            + (f" ({', '.join(hit)}): there the learned preference runs through R" if hit else "")
+            f"{len(learned)} of {len(pref)} preference runs learned a held-out preference (accuracy CI above 0.5"
+            + (f": {', '.join(learned)}" if learned else "")
+            + f"). Forcing R moved the held-out chosen-minus-rejected margin in {len(hit)} of the {len(pref)}"
+            + (f" ({', '.join(hit)}): there the trained preference shift runs through R" if hit else "")
             + "."
         )
+        seen = [n for n, e in pref if n not in hit and "pref_margin" in e["positive_detected"]]
+        if seen:
+            parts.append(
+                f"Where the margin did not move and the positive control moved it ({', '.join(seen)}), "
+                "what was learned does not run through R: the test could have seen an effect of the control's size."
+            )
     mult = [(n, e) for c, n, e in runs if c == "multiplicative" and e["washout"]]
     if mult:
         w = mult[0][1]["washout"]
@@ -213,6 +230,11 @@ def conclusion(results: dict) -> str:
             + f" (logit change {_fmt(w['logits'])})."
         )
     return " ".join(parts)
+
+
+def _learned(e: dict) -> bool:
+    h = e.get("heldout") or {}
+    return bool(h.get("ci")) and h["ci"][0] > 0.5
 
 
 def _effect(m: str, v: dict) -> str:
@@ -237,7 +259,9 @@ def _report(results: dict) -> str:
             v = e["verdicts"]
             h = e.get("heldout")
             acc = (
-                f" (held-out accuracy {h['accuracy']:.3f}, CI {h['ci']}, at step {h['step']})" if h and h["ci"] else ""
+                f" (held-out accuracy {h['accuracy']:.3f}, 95% CI [{h['ci'][0]:.3f}, {h['ci'][1]:.3f}], at step {h['step']})"
+                if h and h["ci"]
+                else ""
             )
             lines.append(f"- **{name}**{acc}: {v.get('headline', 'no verdict')}")
             lines += [f"  - {s}" for s in (v.get("measures") or {}).values()]
