@@ -52,8 +52,14 @@ QUICK = {
 
 
 def main() -> None:
-    args = common.parser(__doc__).parse_args()
+    ap = common.parser(__doc__)
+    ap.add_argument("--report-only", action="store_true", help="rebuild report.md from the results.json in --out")
+    args = ap.parse_args()
     out = common.out_dir("benchmarks_summary", args)
+    if args.report_only:
+        results = json.loads((out / "results.json").read_text())
+        common.write_results(out, results, _report(results))
+        return
     clock = common.Clock()
     plan = QUICK if args.quick else FULL
     results: dict = {"benchmarks": {}}
@@ -83,21 +89,43 @@ def main() -> None:
     results["peers"] = {"status": "not run (quick mode)" if args.quick else peers.get("status", "absent")}
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
-    rows = [[n, e["status"], e.get("seconds", "-"), (e.get("output_tail") or ["-"])[-1][:90]]
+    common.write_results(out, results, _report(results))
+
+
+# The lines of each benchmark's output that carry its ratios (others: the last line).
+HEADLINE = {
+    "capture": ("c/a=",),
+    "preference": ("dpo_over_ce", "reference_s_per_pair"),
+    "steer_eval": ("batched_speedup", "same_tokens", "rowsteer_overhead", "steer_overhead"),
+    "quality_metrics": ("TOTAL",),
+}
+
+
+def _headline(name: str, lines: list[str]) -> str:
+    if name == "peers":
+        return "the Peers table below"
+    keys = HEADLINE.get(name)
+    picked = [ln.strip().strip(",") for ln in lines if keys and any(k in ln for k in keys)]
+    text = "; ".join(" ".join(x.split()) for x in picked) if picked else (lines or ["-"])[-1]
+    return text[:240].replace("|", "\\|")  # a pipe would split the markdown cell
+
+
+def _report(results: dict) -> str:
+    peers = results["benchmarks"].get("peers", {})
+    rows = [[n, e["status"], e.get("seconds", "-"), _headline(n, e.get("output_tail") or [])]
             for n, e in results["benchmarks"].items()]  # fmt: skip
-    md = "\n".join([
+    return "\n".join([
         "# benchmarks_summary",
         "",
         "Ratios measured within one run each; the machine is shared, so read ratios, not seconds "
         f"(load average at the end {results['environment']['load_average_1m']}). Runtime {results['seconds']:.0f} s.",
         "",
-        common.table(rows, ["benchmark", "status", "seconds", "last line"]),
+        common.table(rows, ["benchmark", "status", "seconds", "headline (its ratios)"]),
         "",
         "Full outputs: results.json and the per-benchmark JSON files beside it. Peers: "
         + results["peers"]["status"] + ".",
         *_peer_table(peers.get("json")),
     ]) + "\n"  # fmt: skip
-    common.write_results(out, results, md)
 
 
 def _peer_table(p: dict | None) -> list[str]:
