@@ -87,7 +87,7 @@ def negatives(labels: list[int], folds: list[int], seed: int) -> dict[str, list[
         # keep one candidate per fold at least (the first of each fold in the shuffled order)
         picked, folds_seen = [], set()
         for j in cands:
-            if folds[j] not in folds_seen or not picked:
+            if folds[j] not in folds_seen:
                 picked.append(j)
                 folds_seen.add(folds[j])
             if len(folds_seen) == len(set(folds)):
@@ -110,7 +110,7 @@ def steerkit_extract(lm, texts: list[str], layers: list[int], labels: torch.Tens
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="smollm2-135m")
+    ap.add_argument("--model", default="smollm2-135m", help="zoo alias or a local HF folder (the peers load its files)")
     ap.add_argument("--corpus", default=str(ROOT / "corpora"))
     ap.add_argument("--per-concept", type=int, default=6)
     ap.add_argument("--folds", type=int, default=3, help="held-out folds (each fold re-runs the peers: 3 fits 2 cores)")
@@ -135,7 +135,8 @@ def main() -> None:
         if getattr(lm.model.config, "rope_parameters", None)
         else lm.model.config.rope_theta
     )
-    job = {"model_dir": str(model_dir(args.model)), "rope_theta": float(rope), "texts": texts, "labels": labels,
+    local = Path(args.model)
+    job = {"model_dir": str(local if local.is_dir() else model_dir(args.model)), "rope_theta": float(rope), "texts": texts, "labels": labels,
            "n_concepts": len(names), "folds": folds, "k_folds": args.folds, "layers": layers, "batch": args.batch,
            "negative_of": negatives(labels, folds, seed=0), "libs": LIBS, "threads": torch.get_num_threads(),
            "check": {"text": CHECK, "ids": ids, "logits": logits.tolist()},
