@@ -4,21 +4,42 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements.lock
+EXTRAS := dev,lens,lora,apollo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install model lint analyses clean-venv
+.PHONY: demo test install model lint analyses clean-venv lock lock-check
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-# torch is pinned and installed first so pip never resolves a CUDA build (GPU users: install
-# your CUDA build of torch==2.13.0 into .venv before running make).
-$(STAMP): $(BIN)/python pyproject.toml
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev,lens,lora,apollo]'
+# torch is installed first, at the lock's version, so pip never resolves a CUDA build (GPU users: install
+# your CUDA build of that torch into .venv before running make). Everything else comes through the lock:
+# two fresh machines get the same versions of every distribution.
+$(STAMP): $(BIN)/python pyproject.toml $(LOCK)
+	$(BIN)/pip install --quiet "$$(grep -E '^torch==' $(LOCK))"
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
 	touch $(STAMP)
+
+# Refresh the lock: a clean scratch venv gets the CPU torch wheel, then steerkit with every extra at
+# what pyproject.toml allows today; its `pip freeze` (steerkit itself and torch's +cpu tag left out)
+# becomes requirements.lock. Plain pip, because it sees the local torch wheel (uv and poetry do not).
+lock:
+	rm -rf .venv-lock
+	$(PY) -m venv .venv-lock
+	.venv-lock/bin/pip install --quiet --upgrade pip
+	.venv-lock/bin/pip install --quiet torch==2.13.0
+	.venv-lock/bin/pip install --quiet -e '.[$(EXTRAS)]'
+	{ echo "# Exact versions of every distribution that make installs (steerkit[$(EXTRAS)]): make lock"; \
+	  .venv-lock/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(LOCK).tmp
+	mv $(LOCK).tmp $(LOCK)
+	rm -rf .venv-lock
+
+# Fails, naming each one, when .venv holds a distribution at another version than the lock says.
+lock-check: install
+	$(BIN)/python -m pytest -q tests/test_lock.py
 
 install: $(STAMP)
 

@@ -31,7 +31,12 @@ QUICK_CORPUS = ROOT / "tests" / "fixtures" / "corpus_small"
 def parser(doc: str | None) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=(doc or "").strip().splitlines()[0] if doc else None)
     p.add_argument("--quick", action="store_true", help="tiny random model, small corpus: seconds (for tests)")
-    p.add_argument("--out", default=None, help="results folder (default analyses/results/<name>)")
+    p.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: analyses/results/<name> for the full run; a temporary folder with --quick, "
+        "so a quick run never overwrites the committed study)",
+    )
     p.add_argument("--model", default="smollm2-135m", help="model spec for the full run")
     p.add_argument("--corpus", default=None, help="corpus folder for the full run (default corpora/)")
     p.add_argument("--keep", action="store_true", help="keep the temporary working folder (runs, reports)")
@@ -39,7 +44,17 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
 
 
 def out_dir(name: str, args: argparse.Namespace) -> Path:
-    d = Path(args.out) if args.out else RESULTS / name
+    """Where results go: --out when given; the committed analyses/results/<name> only for a full run;
+    a quick run without --out writes to a fresh temporary folder (printed), never over the committed one."""
+    if args.out:
+        d = Path(args.out)
+    elif args.quick:
+        import tempfile
+
+        d = Path(tempfile.mkdtemp(prefix=f"steerkit-{name}-quick-"))
+        print(f"--quick without --out: results go to {d} (analyses/results/{name} holds the full run)")
+    else:
+        d = RESULTS / name
     d.mkdir(parents=True, exist_ok=True)
     return d
 

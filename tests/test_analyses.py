@@ -29,3 +29,26 @@ def test_quick_mode(name, tmp_path):
     assert results["seconds"] >= 0
     report = (tmp_path / "report.md").read_text()
     assert report.startswith(f"# {name}") and "Headline" in report or name == "benchmarks_summary"
+
+
+def test_quick_without_out_never_writes_the_committed_results(tmp_path, monkeypatch):
+    """`analyses/<name>.py --quick` without --out goes to a temporary folder; only a full run (or an
+    explicit --out) writes analyses/results/<name>/."""
+    import argparse
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("analyses_common", ROOT / "analyses" / "common.py")
+    common = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "analyses_common", common)  # dataclasses look their module up
+    spec.loader.exec_module(common)
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", None)
+    quick = common.out_dir("steering", argparse.Namespace(out=None, quick=True))
+    assert quick.is_relative_to(tmp_path) and not quick.is_relative_to(ROOT)
+    given = common.out_dir("steering", argparse.Namespace(out=str(tmp_path / "x"), quick=True))
+    assert given == tmp_path / "x"
+    full = argparse.Namespace(out=None, quick=False)
+    assert common.RESULTS / "steering" == ROOT / "analyses" / "results" / "steering"
+    assert common.out_dir("steering", full) == common.RESULTS / "steering"

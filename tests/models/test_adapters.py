@@ -100,3 +100,33 @@ def test_unsupported_architecture_is_one_line():
     with pytest.raises(UnsupportedArchitectureError) as e:
         adapter_for(model)
     assert "register_adapter" in str(e.value) and "\n" not in str(e.value)
+
+
+def _observed_offset(lm, blocks, hs) -> int | None:
+    """The offset k for which hs[i + k] equals block i's output for every block but the last, as the
+    installed transformers actually behaves (None when no single offset fits)."""
+    n = len(blocks)
+    for k in (0, 1):
+        if all(
+            i + k < len(hs) and torch.allclose(blocks[i], hs[i + k], atol=1e-5, rtol=1e-5) for i in range(n - 1)
+        ):
+            return k
+    return None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_hidden_states_rule_is_the_installed_versions(family, tiny_lm_factory):
+    """Catches the next transformers release that moves a family's output_hidden_states rule (5.25 moved
+    Mamba2's) with a message that says what moved, instead of an opaque oracle failure."""
+    import transformers
+
+    lm = tiny_lm_factory(family)
+    ids = torch.randint(0, 256, (1, 7))
+    out, blocks, *_ = _run_with_hooks(lm, ids)
+    seen = _observed_offset(lm, blocks, out.hidden_states)
+    claimed = lm.adapter.hidden_state_offset
+    assert seen == claimed, (
+        f"{family}: transformers {transformers.__version__} puts block i's output at output_hidden_states"
+        f"[i + {seen}], the adapter says [i + {claimed}]: update {type(lm.adapter).__name__}.hidden_state_offset "
+        "(keyed on the transformers version, see adapters/mamba.py)"
+    )

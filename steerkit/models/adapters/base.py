@@ -39,6 +39,16 @@ class BlockInfo:
     no_mlp_reason: str | None = None
 
 
+def transformers_at_least(version: str) -> bool:
+    """True when the installed transformers is `version` or newer (e.g. "5.25"); facts about
+    `output_hidden_states` indexing that changed between releases key on this."""
+    from importlib.metadata import version as installed
+
+    from packaging.version import Version
+
+    return Version(installed("transformers")) >= Version(version)
+
+
 def get_module(root: nn.Module, path: str) -> nn.Module:
     """root.get_submodule(path), with '' meaning root."""
     return root if not path else root.get_submodule(path)

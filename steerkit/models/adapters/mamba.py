@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .base import Adapter, BlockInfo
+from .base import Adapter, BlockInfo, transformers_at_least
 
 NO_MLP = "Mamba blocks have no MLP"
 
@@ -25,6 +25,9 @@ class MambaAdapter(Adapter):
 class Mamba2Adapter(MambaAdapter):
     family = "mamba2"
     model_types = ("mamba2",)
+    # transformers 5.25 moved Mamba2's output_hidden_states to the Llama rule (hs[0] the embeddings,
+    # hs[i + 1] block i's output); up to 5.24 hs[i] was block i's output. Block hooks never changed.
+    hidden_state_offset = 1 if transformers_at_least("5.25") else 0
 
     def block_info(self, model: Any, index: int) -> BlockInfo:
         cfg = model.config
