@@ -26,7 +26,8 @@ import torch
 
 from steerkit.experiments.design import arm_seed
 from steerkit.experiments.steer_eval import default_prompts_path, read_prompts
-from steerkit.experiments.steer_eval_gen import GenSpec, RowSteer, continuation_nll, generate_chunk, reread, trim
+from steerkit.experiments.steer_eval_gen import continuation_nll, reread
+from steerkit.generation import GenSpec, RowSteer, generate_chunk, trim
 from steerkit.models import load
 from steerkit.steering import steer
 from steerkit.vectors import ConceptVectors
@@ -66,13 +67,13 @@ def main() -> None:
     rows = len(owners)
 
     def batched() -> torch.Tensor:
-        with torch.no_grad(), RowSteer(lm, layer, delta, "absolute").attached() as hook:
+        with torch.no_grad(), RowSteer.add(lm, layer, delta, "absolute").attached() as hook:
             return generate_chunk(lm, "batched", pids, owners, seeds, hook, spec)
 
     def one_at_a_time() -> torch.Tensor:
         outs = []
         for r in range(rows):
-            with torch.no_grad(), RowSteer(lm, layer, delta[r : r + 1], "absolute").attached() as hook:
+            with torch.no_grad(), RowSteer.add(lm, layer, delta[r : r + 1], "absolute").attached() as hook:
                 outs.append(generate_chunk(lm, "batched", pids, [owners[r]], [seeds[r]], hook, spec))
         return torch.cat(outs)
 
@@ -93,7 +94,7 @@ def main() -> None:
             return generate_chunk(lm, "batched", pids, base_owners, base_seeds, None, spec)
 
     def rowsteer() -> Any:
-        with torch.no_grad(), RowSteer(lm, layer, one.expand(len(units), hidden), "absolute").attached() as hook:
+        with torch.no_grad(), RowSteer.add(lm, layer, one.expand(len(units), hidden), "absolute").attached() as hook:
             return generate_chunk(lm, "batched", pids, base_owners, base_seeds, hook, spec)
 
     def steer_one() -> Any:

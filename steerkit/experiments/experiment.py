@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from ..errors import ExperimentError
+from ..generation import pad_id
 from . import measures as M
 from .design import EXPERIMENTS, InterveneConfig, Prompt, arm_seed
 from .runner import (
@@ -21,7 +22,6 @@ from .runner import (
     Setup,
     arm,
     forward_capture,
-    pad_id,
     planted_coupling,
     prepare_prompts,
     tf_batch,

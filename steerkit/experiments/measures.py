@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import torch
 
+from ..generation.sampling import generated_length, gumbel_noise  # noqa: F401 (measures of generations)
 from ..phase.metrics import normalized_entropy
 
 # name -> (alternative of the sign-flip test, unit, what a positive value means)
@@ -90,22 +91,6 @@ def distinct_n(tokens: list[int], n: int) -> float:
     return 1.0 if not grams else len(set(grams)) / len(grams)
 
 
-def generated_length(new_tokens: list[int], eos: int | None) -> int:
-    """Tokens before the first EOS (all of them when there is none)."""
-    if eos is None or eos not in new_tokens:
-        return len(new_tokens)
-    return new_tokens.index(eos)
-
-
 def sampling_steps(length: int, max_new: int) -> int:
     """Sampling steps a generation took: its tokens plus the EOS step, at most max_new."""
     return min(length + 1, max_new)
-
-
-def gumbel_noise(n: int, generators: list[torch.Generator]) -> torch.Tensor:
-    """Standard Gumbel noise -log(-log U), one row of n per generator: (rows, n) float32.
-    argmax(logits / T + G) is a draw from softmax(logits / T) (the Gumbel-max trick; Gumbel 1954,
-    Maddison et al. 2014). Row r depends only on generators[r]. float32 uniforms resolve 2^-24, which
-    truncates the noise at about 16.6: probabilities below ~1e-7 are not represented exactly."""
-    u = torch.stack([torch.rand(n, generator=g) for g in generators])  # (rows, n)
-    return -torch.log(-torch.log(u.clamp_min(1e-38)))

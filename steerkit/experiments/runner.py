@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from ..errors import ExperimentError
+from ..generation import gen_config
 from ..phase.core import PhaseCore
 from ..phase.couplings import Coupling, CouplingConfig, PhaseHook, make_coupling
 from .design import Prompt, applied_level
@@ -90,25 +91,6 @@ def prepare_prompts(lm: Any, prompts: list[Prompt], n_tokens: int) -> list[Prepa
             raise ExperimentError(f"prompt {p.text!r} has an empty continuation; give one with at least one token")
         out.append(Prepared(p.text, cont, pids, cids))
     return out
-
-
-def pad_id(lm: Any) -> int:
-    tok = lm.tokenizer
-    eos = tok.eos_token_id
-    return int(tok.pad_token_id if tok.pad_token_id is not None else (eos if eos is not None else 0))
-
-
-def gen_config(lm: Any, max_new: int) -> Any:
-    from transformers import GenerationConfig
-
-    return GenerationConfig(
-        do_sample=False,
-        num_beams=1,
-        max_new_tokens=max_new,
-        min_new_tokens=0,
-        eos_token_id=lm.tokenizer.eos_token_id,
-        pad_token_id=pad_id(lm),
-    )
 
 
 PLANTED_SEED = 20_240_601  # the planted direction does not change with --seed (which only drives sampling)

@@ -1,11 +1,6 @@
-"""The apparatus of steer-eval: per-row steering, batched generation, and the unsteered re-reading.
+"""The apparatus of steer-eval: the sampler check, the NLL pass and the unsteered re-reading.
+Generation itself (per-row steering `RowSteer`, `generate_chunk`) lives in steerkit.generation.
 
-- `RowSteer`: adds a different direction to every row of a batch at one block (row r of every
-  forward call gets delta[r]; absolute: h + d_r, relative: h + |h| d_r, as `steering.steer` does
-  for one direction), so one left-padded generate() can hold many (concept, alpha) arms. A row
-  whose delta is zero is left exactly as it was.
-- `generate_chunk`: the generations of a chunk of rows with the sampler the apparatus check chose
-  (sampling.SAMPLERS): seeded Gumbel-max sampling (sampling.Sampler) or greedy decoding.
 - `continuation_nll`: mean -log p(token) of each continuation under the unsteered model, given its
   prompt (teacher forced, right-padded).
 - `reread`: each continuation alone, re-read by the unsteered model (one capture call), pooled as
@@ -15,114 +10,20 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from ..generation import GenSpec, RowSteer, generate_chunk, pad_id, pick_sampler, trim
 from . import measures as M
-from .runner import Prepared, gen_config, pad_id, tf_batch
-from .sampling import Sampler, generate_batch, generate_recompute, left_pad, pick_sampler, rows_by_prompt
+from .runner import Prepared, tf_batch
+
+__all__ = ["GenSpec", "RowSteer", "choose_steer_sampler", "continuation_nll", "degeneration", "generate_chunk",
+           "reread", "trim"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 LOGIT_BUDGET = 1 << 24  # logits (rows x positions x vocab) held at once by the NLL pass
-
-
-class RowSteer:
-    """Forward hook on block `layer`: row r of each call gets `delta[rows[r]]` added (see module doc).
-    Set `rows` (indices into delta) before each call; None means all rows in order."""
-
-    def __init__(self, lm: Any, layer: int, delta: torch.Tensor, scale: str) -> None:
-        if scale not in ("absolute", "relative"):
-            raise ValueError(f"scale must be 'absolute' or 'relative', got {scale!r}")
-        self.lm, self.layer, self.scale = lm, layer, scale
-        self.delta = delta.float()  # (rows, hidden)
-        self.rows: list[int] | None = None
-        self.calls = 0
-
-    def __call__(self, module: Any, args: Any, output: Any) -> Any:
-        self.calls += 1
-        d = self.delta if self.rows is None else self.delta[self.rows]  # (b, hidden)
-        if not bool(d.any()):
-            return None  # nothing to add: the block's output is untouched
-        a, model = self.lm.adapter, self.lm.model
-        hidden = a.get_hidden(output)  # (b, seq, hidden)
-        if hidden.shape[0] != d.shape[0]:
-            raise RuntimeError(f"RowSteer: batch of {hidden.shape[0]} rows, {d.shape[0]} directions")
-        factor = a.output_scale(model, self.layer)  # the next block reads hidden * factor
-        d3 = d.to(hidden.device, hidden.dtype)[:, None, :]  # (b, 1, hidden)
-        add = (hidden * factor).norm(dim=-1, keepdim=True) * d3 if self.scale == "relative" else d3
-        return a.replace_hidden(output, hidden + add / factor)
-
-    @contextmanager
-    def attached(self) -> Iterator[RowSteer]:
-        handle = self.lm.adapter.blocks(self.lm.model)[self.layer].register_forward_hook(self)
-        try:
-            yield self
-        finally:
-            handle.remove()
-
-
-class Greedy:
-    """The identity LogitsProcessor: generate()'s argmax is then greedy decoding."""
-
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        return scores
-
-
-@dataclass(frozen=True)
-class GenSpec:
-    """How continuations are drawn: max_new tokens, seeded sampling at `temperature` or greedy."""
-
-    max_new: int
-    temperature: float = 1.0
-    greedy: bool = False
-
-
-def _processor(seeds: list[int], spec: GenSpec) -> Any:
-    return Greedy() if spec.greedy else Sampler(seeds, spec.temperature, 1)
-
-
-def generate_chunk(
-    lm: Any,
-    sampler: str,
-    prompts: list[list[int]],
-    owners: list[int],
-    seeds: list[int],
-    steer: RowSteer | None,
-    spec: GenSpec,
-) -> torch.Tensor:
-    """New tokens (rows, max_new) (pad after EOS) for rows r = (prompt owners[r], seed seeds[r]);
-    `steer` (attached by the caller, or None) holds one direction per row.
-
-    sampler 'batched': all rows in one left-padded generate(); 'generate': one call per prompt
-    (no padding); 'recompute': per prompt, a full forward per token without a cache."""
-    gc = gen_config(lm, spec.max_new)
-    dev = lm.input_device
-    out = torch.full((len(owners), spec.max_new), gc.pad_token_id, dtype=torch.long)
-    groups = [list(range(len(owners)))] if sampler == "batched" else rows_by_prompt(owners)
-    for rows in groups:
-        if steer is not None:
-            steer.rows = rows
-        proc = _processor([seeds[r] for r in rows], spec)
-        if sampler == "recompute":
-            ids = torch.tensor([prompts[owners[r]] for r in rows], device=dev)
-            new = generate_recompute(lm, ids, proc, gc)
-        else:
-            ids, mask = left_pad([prompts[owners[r]] for r in rows], pad_id(lm))
-            new = generate_batch(lm, ids.to(dev), mask.to(dev), proc, gc, None)
-        out[rows, : new.shape[1]] = new
-    if steer is not None:
-        steer.rows = None
-    return out
-
-
-def trim(tokens: torch.Tensor, eos: int | None) -> list[list[int]]:
-    """Each row's tokens before the first EOS."""
-    return [(t := row.tolist())[: M.generated_length(t, eos)] for row in tokens]
 
 
 def choose_steer_sampler(lm: Any, prompts: list[list[int]], layer: int, delta: torch.Tensor, scale: str) -> str:
@@ -137,7 +38,7 @@ def choose_steer_sampler(lm: Any, prompts: list[list[int]], layer: int, delta: t
     spec = GenSpec(max_new=6)
 
     def run(name: str) -> torch.Tensor:
-        with RowSteer(lm, layer, d, scale).attached() as hook:
+        with RowSteer.add(lm, layer, d, scale).attached() as hook:
             return generate_chunk(lm, name, ps, owners, seeds, hook, spec)
 
     return pick_sampler(run, torch.equal, bool(lm.adapter.recurrent), str(lm.info.get("spec", "model")))

@@ -180,7 +180,7 @@ def run_grid(
         layer = chunk[0].layer
         with torch.no_grad():
             if layer >= 0:
-                with RowSteer(lm, layer, delta, cfg.scale).attached() as hook:
+                with RowSteer.add(lm, layer, delta, cfg.scale).attached() as hook:
                     toks = generate_chunk(lm, sampler, pids, owners, [seeds[r % len(units)] for r in rows], hook, spec)
             else:
                 toks = generate_chunk(lm, sampler, pids, owners, [seeds[r % len(units)] for r in rows], None, spec)

@@ -16,9 +16,10 @@ from steerkit.errors import ExperimentError
 from steerkit.experiments import InterveneConfig, run_intervention
 from steerkit.experiments import measures as M
 from steerkit.experiments.experiment import make_probe, run_experiment
-from steerkit.experiments.runner import arm, forward_capture, pad_id, planted_coupling, prepare_prompts, tf_batch
+from steerkit.experiments.runner import arm, forward_capture, planted_coupling, prepare_prompts, tf_batch
 from steerkit.experiments.sampling import choose_sampler, generate_rows
 from steerkit.experiments.washout import DEAD, site_profile, summarize_washout
+from steerkit.generation import pad_id
 from steerkit.vectors.readout import ConceptVectors
 
 CFG = InterveneConfig(levels=(0.9,), seeds=2, max_new_tokens=6, continuation_tokens=4)

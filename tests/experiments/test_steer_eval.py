@@ -12,8 +12,9 @@ from experiments.helpers import word_prompts
 from steerkit.experiments import stats
 from steerkit.experiments.design import arm_seed
 from steerkit.experiments.steer_eval import SteerEvalConfig, evaluate
-from steerkit.experiments.steer_eval_gen import GenSpec, RowSteer, continuation_nll, generate_chunk, reread, trim
+from steerkit.experiments.steer_eval_gen import continuation_nll, reread
 from steerkit.experiments.steer_eval_stats import Arm, cell, ranks
+from steerkit.generation import GenSpec, RowSteer, generate_chunk, trim
 from steerkit.steering import steer
 from steerkit.vectors import ConceptVectors
 
@@ -52,7 +53,7 @@ def test_row_steer_equals_steer_and_leaves_zero_rows_alone(peaked, scale):
         from steerkit.steering import steering_direction
 
         d = steering_direction(cv, {"x": 0.7}, 2, scale)
-        with RowSteer(lm, 2, torch.stack([d, torch.zeros(32), 2 * d]), scale).attached() as hook:
+        with RowSteer.add(lm, 2, torch.stack([d, torch.zeros(32), 2 * d]), scale).attached() as hook:
             got = lm.model(ids).logits
     assert hook.calls == 1
     torch.testing.assert_close(got[0], want[0], rtol=0, atol=1e-6)
@@ -72,7 +73,7 @@ def test_alpha_zero_gives_the_unsteered_text_and_zero_gain(peaked):
     g = torch.Generator().manual_seed(1)
     big = torch.randn(32, generator=g) * 5.0
     delta = torch.stack([big if r % 3 else torch.zeros(32) for r in range(12)])  # rows 0, 3, 6, 9: alpha 0
-    with RowSteer(lm, 1, delta, "absolute").attached() as hook:
+    with RowSteer.add(lm, 1, delta, "absolute").attached() as hook:
         mixed = generate_chunk(lm, "batched", pids, owners, seeds, hook, spec)
     zero = [0, 3, 6, 9]
     assert torch.equal(mixed[zero], base[zero])
@@ -182,7 +183,7 @@ def null_pool(tiny_tok):
     delta = torch.cat([torch.zeros(len(units), 32)] + [d.expand(len(units), 32) for d in dirs])
     owners = [p for _ in range(K + 1) for p, _ in units]
     seeds = [arm_seed(0, p, 0, s) for _ in range(K + 1) for p, s in units]
-    with torch.no_grad(), RowSteer(lm, 2, delta, "absolute").attached() as hook:
+    with torch.no_grad(), RowSteer.add(lm, 2, delta, "absolute").attached() as hook:
         toks = generate_chunk(lm, "batched", pids, owners, seeds, hook, GenSpec(12))
     texts = [lm.tokenizer.decode(t, skip_special_tokens=True) for t in trim(toks, lm.tokenizer.eos_token_id)]
     cv = ConceptVectors([f"c{i}" for i in range(6)], [1], {1: torch.nn.functional.normalize(torch.randn(6, 32, generator=g))},

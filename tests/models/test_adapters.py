@@ -107,9 +107,7 @@ def _observed_offset(lm, blocks, hs) -> int | None:
     installed transformers actually behaves (None when no single offset fits)."""
     n = len(blocks)
     for k in (0, 1):
-        if all(
-            i + k < len(hs) and torch.allclose(blocks[i], hs[i + k], atol=1e-5, rtol=1e-5) for i in range(n - 1)
-        ):
+        if all(i + k < len(hs) and torch.allclose(blocks[i], hs[i + k], atol=1e-5, rtol=1e-5) for i in range(n - 1)):
             return k
     return None
 
