@@ -98,6 +98,7 @@ from . import intervene as _intervene  # noqa: E402,F401
 from . import models as _models  # noqa: E402,F401
 from . import phase as _phase  # noqa: E402,F401
 from . import quality as _quality  # noqa: E402,F401
+from . import serve as _serve  # noqa: E402,F401
 from . import steer_eval as _steer_eval  # noqa: E402,F401
 from . import vectors as _vectors  # noqa: E402,F401
 from .common import guard_floats  # noqa: E402

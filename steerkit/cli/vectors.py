@@ -15,9 +15,7 @@ from .progress import progress_bar
 
 if TYPE_CHECKING:
     from ..capture import BlockSpec, Pooling
-    from ..models import LoadedModel
     from ..models.loading import Placement
-    from ..vectors import ConceptVectors
 
 
 @main.command()
@@ -102,13 +100,11 @@ def extract(
     )
 
 
-MAX_ALPHA = 1e4  # a steering strength beyond this only overflows the hidden state (docs/formats.md)
-
-
 def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
     import math
 
     from ..errors import SteerkitError
+    from ..vectors.runinfo import MAX_ALPHA
 
     out: dict[str, float] = {}
     for p in pairs:
@@ -122,47 +118,6 @@ def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
     if not out:
         raise SteerkitError("give at least one --concept NAME=ALPHA")
     return out
-
-
-def _default_layer(vectors_dir: Path, layers: list[int]) -> int:
-    from ..errors import ReadoutError
-    from ..validate import QUALITY_BEST_LAYER_SCHEMA, read_json
-
-    q = vectors_dir / "quality.json"
-    if q.is_file():
-        best = read_json(q, "quality report", ReadoutError, QUALITY_BEST_LAYER_SCHEMA).get("best_layer")
-        if best in layers:
-            return int(best)
-    return layers[len(layers) // 2]
-
-
-def _run_model(cv: ConceptVectors, vectors_dir: str) -> str:
-    """The model spec the vectors were made with (readout.json `model.spec`)."""
-    from ..errors import ReadoutError
-
-    spec = cv.meta.get("model", {}).get("spec")
-    if not spec:
-        raise ReadoutError(f"{vectors_dir}/readout.json names no model (model.spec); pass the model with -m")
-    return str(spec)
-
-
-def _check_model(cv: ConceptVectors, lm: LoadedModel, layers: int | list[int]) -> None:
-    """The vectors must fit the model: same hidden size, and the blocks must exist."""
-    from ..errors import ReadoutError
-
-    spec, run_spec = lm.info["spec"], cv.meta.get("model", {}).get("spec", "?")
-    hidden, n_blocks = lm.adapter.hidden_size(lm.model), lm.adapter.n_blocks(lm.model)
-    if cv.hidden_size != hidden:
-        raise ReadoutError(
-            f"the vectors have hidden size {cv.hidden_size} but model {spec} has {hidden}; "
-            f"pass the run's model (-m {run_spec}) or leave -m out"
-        )
-    for layer in [layers] if isinstance(layers, int) else layers:
-        if not 0 <= layer < n_blocks:
-            raise ReadoutError(
-                f"layer {layer} is not in model {spec}, which has {n_blocks} blocks (0..{n_blocks - 1}); "
-                f"pass the run's model (-m {run_spec}) or leave -m out"
-            )
 
 
 @main.command()
@@ -216,6 +171,9 @@ def steer(
     from ..models import load
     from ..steering import steer as steer_ctx
     from ..vectors import ConceptVectors
+    from ..vectors.runinfo import check_model as _check_model
+    from ..vectors.runinfo import default_layer as _default_layer
+    from ..vectors.runinfo import run_model as _run_model
 
     if max_new_tokens < 1:
         raise SteerkitError(f"--max-new-tokens must be at least 1, got {max_new_tokens}")
@@ -281,6 +239,9 @@ def read(
     from ..models import load
     from ..steering import read_tokens
     from ..vectors import ConceptVectors
+    from ..vectors.runinfo import check_model as _check_model
+    from ..vectors.runinfo import default_layer as _default_layer
+    from ..vectors.runinfo import run_model as _run_model
 
     if (text is None) == (file_ is None):
         raise SteerkitError("give exactly one of --text or --file")
