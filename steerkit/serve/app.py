@@ -231,6 +231,10 @@ async def stream(request: Request, req: StreamRequest, events: asyncio.Queue[dic
             req.cancel()  # the client disconnected: free the row
 
 
+def _row(t: dict[str, Any]) -> dict[str, Any]:
+    return {"token": t["token"], "id": t["id"], "scores": t["scores"]}
+
+
 def sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
 
@@ -256,9 +260,9 @@ class Shape:
     def readout(self, toks: list[dict[str, Any]], prompt_rows: Any) -> dict[str, Any] | None:
         if self.job.readout is None:
             return None
-        out = {**self.job.readout.header(), "tokens": [{"token": t["token"], "scores": t["scores"]} for t in toks]}
+        out = {**self.job.readout.header(), "tokens": [_row(t) for t in toks]}
         if prompt_rows is not None:
-            out["prompt"] = [{"token": t["token"], "scores": t["scores"]} for t in prompt_rows]
+            out["prompt"] = [_row(t) for t in prompt_rows]
         return out
 
     def chunk(self, text: str, toks: list[dict[str, Any]], finish: str | None, first: bool, prompt_rows: Any

@@ -18,6 +18,7 @@ import logging
 import queue
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any, Protocol
@@ -54,6 +55,7 @@ class EmbeddedEngine:
         self._thread: threading.Thread | None = None
         self.batched = self._check_batching() if batched is None else batched
         self.batches = 0  # batches run (for tests and the benchmark)
+        self.finished: Counter[str] = Counter()  # finish reasons so far (stop, length, cancelled, error)
 
     # ---- apparatus check ---------------------------------------------------------------------------
     def _check_batching(self) -> bool:
@@ -116,6 +118,14 @@ class EmbeddedEngine:
             raise QueueFull("the server is shutting down")
         if self._q.qsize() >= self.max_queue:
             raise QueueFull(f"{self._q.qsize()} requests are waiting (--max-queue {self.max_queue})")
+        emit = request.emit
+
+        def counted(e: dict[str, Any]) -> None:
+            if e["type"] == "finish":
+                self.finished[e["reason"]] += 1
+            emit(e)
+
+        request.emit = counted
         self._q.put(request)
 
     def call(self, fn: Callable[[], Any]) -> Future[Any]:
