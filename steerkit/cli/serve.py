@@ -3,7 +3,9 @@ readouts (docs/serve.md)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import click
@@ -40,6 +42,8 @@ def serve(
 
     import uvicorn
 
+    _Server = _server_class()
+
     from ..errors import SteerkitError
     from ..serve.app import create_app
     from ..serve.context import Limits, load_context
@@ -66,6 +70,22 @@ def serve(
                f"max batch {max_batch}, queue {max_queue}", err=False)  # fmt: skip
     config = uvicorn.Config(create_app(ctx, engine), log_level=os.environ.get("STEERKIT_LOG_LEVEL", "warning"),
                             timeout_graceful_shutdown=int(shutdown_timeout) or None, lifespan="on")  # fmt: skip
-    server = uvicorn.Server(config)
+    server = _Server(config)
     server.run(sockets=[sock])
     click.echo("steerkit serve: stopped")
+
+
+def _server_class() -> type:
+    import uvicorn
+
+    class Server(uvicorn.Server):
+        """uvicorn's server, but a SIGTERM / SIGINT after its graceful shutdown ends the command with exit
+        code 0 (uvicorn re-raises the signal, which would kill the process with -15)."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            with super().capture_signals():
+                yield
+                self._captured_signals.clear()
+
+    return Server
