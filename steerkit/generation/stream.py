@@ -54,6 +54,7 @@ class StreamRequest:
     readout_layer: int | None = None
     score: Scorer | None = None
     prompt_readout: bool = False
+    settings: dict[str, Any] = field(default_factory=dict)  # the steering / readout by name (engines that rebuild)
     cancelled: bool = False  # set from any thread; the row stops at the next step
 
     def cancel(self) -> None:

@@ -34,6 +34,8 @@ def error_response(e: ApiError) -> JSONResponse:
 
 
 def create_app(ctx: ServeContext, engine: Engine) -> FastAPI:
+    engine_builds_edits = not getattr(engine, "builds_edits_itself", False)  # the vLLM worker builds its own
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine.start()
@@ -142,12 +144,17 @@ def create_app(ctx: ServeContext, engine: Engine) -> FastAPI:
         events: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
         req = StreamRequest(
             prompt_ids=job.prompt_ids, max_new=job.max_tokens, temperature=job.temperature, top_p=job.top_p,
-            top_k=job.top_k, seed=job.seed, stop=job.stop, edit=job.edit,
+            top_k=job.top_k, seed=job.seed, stop=job.stop,
+            edit=job.steer.edit(ctx.vectors) if job.steer is not None and engine_builds_edits else None,
             readout_layer=job.readout.layer if job.readout else None,
             score=ctx.reader(job.readout.layer, job.readout.idx) if job.readout else None,
             prompt_readout=bool(job.readout and job.readout.prompt),
             emit=lambda e: _post(loop, events, e),
         )  # fmt: skip
+        req.settings = {
+            **(job.steer.settings() if job.steer else {}),
+            **({"read_layer": job.readout.layer, "read_idx": job.readout.idx} if job.readout else {}),
+        }
         try:
             engine.submit(req)
         except QueueFull as e:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .context import ServeContext
-from .requests import ApiError, ReadoutSpec, _int, _number, _type, bad, parse_readout, parse_steer
+from .requests import ApiError, ReadoutSpec, SteerSpec, _int, _number, _type, bad, parse_readout, parse_steer
 
 # OpenAI fields we accept only at their neutral value (what a client sends by default).
 NEUTRAL = {"n": 1, "best_of": 1, "presence_penalty": 0, "frequency_penalty": 0, "echo": False, "logprobs": None,
@@ -37,7 +37,7 @@ class Job:
     stop: tuple[str, ...]
     stream: bool
     include_usage: bool
-    edit: Any
+    steer: SteerSpec | None
     readout: ReadoutSpec | None
 
 
@@ -142,6 +142,6 @@ def parse_job(ctx: ServeContext, body: dict[str, Any], chat: bool) -> Job:
         stop=tuple(stops),
         stream=bool(_type(body, "stream", (bool,), "true or false", False)),
         include_usage=include_usage,
-        edit=parse_steer(ctx, body.get("steer")),
+        steer=parse_steer(ctx, body.get("steer")),
         readout=parse_readout(ctx, body.get("readout")),
     )

@@ -101,12 +101,34 @@ MODES = ("add", "project_out", "ablate_then_add")
 SCALES = ("absolute", "relative")
 
 
-def parse_steer(ctx: ServeContext, spec: Any) -> Any:
-    """A RowEdit from {"concepts": {name: alpha | null}, "layers": [..] | int, "mode", "scale"}, or None
-    when there is nothing to steer. alpha null: the concept's steer-eval operating point (its alpha, and
-    its layer and scale when not given), as `steerkit steer --concept NAME` does."""
-    from ..generation import RowEdit
-    from ..steering import concept_basis, steering_direction
+@dataclass(frozen=True)
+class SteerSpec:
+    """A request's steering by name: {concept: alpha}, blocks, mode and scale (checked against the run)."""
+
+    weights: dict[str, float]
+    layers: list[int]
+    mode: str
+    scale: str
+
+    def edit(self, cv: Any) -> Any:
+        """The RowEdit the generation room applies (directions and, for the ablating modes, bases)."""
+        from ..generation import RowEdit
+        from ..steering import concept_basis, steering_direction
+
+        directions = {la: steering_direction(cv, self.weights, la, self.scale) for la in self.layers}  # type: ignore[arg-type]
+        bases = {la: concept_basis(cv, list(self.weights), la) for la in self.layers} if self.mode != "add" else {}
+        return RowEdit(directions, self.scale, self.mode, bases)
+
+    def settings(self) -> dict[str, Any]:
+        """The same as plain JSON (what the vLLM worker rebuilds the edit from)."""
+        return {"concepts": self.weights, "layers": self.layers, "mode": self.mode, "scale": self.scale}
+
+
+def parse_steer(ctx: ServeContext, spec: Any) -> SteerSpec | None:
+    """A SteerSpec from {"concepts": {name: alpha | null}, "layers": [..] | int, "mode", "scale"}, or None
+    when there is nothing to steer (absent, or every strength 0 in add mode: exactly no steering). alpha
+    null: the concept's steer-eval operating point (its alpha, and its layer and scale when not given), as
+    `steerkit steer --concept NAME` does."""
     from ..vectors.runinfo import MAX_ALPHA
 
     if spec is None:
@@ -153,10 +175,7 @@ def parse_steer(ctx: ServeContext, spec: Any) -> Any:
     layers = list(dict.fromkeys(check_layer(ctx, la, "steer.layers") for la in layers))
     if mode == "add" and not any(weights.values()):
         return None  # all strengths 0: exactly no steering
-    cv = ctx.vectors
-    directions = {la: steering_direction(cv, weights, la, scale) for la in layers}
-    bases = {la: concept_basis(cv, list(weights), la) for la in layers} if mode != "add" else {}
-    return RowEdit(directions, scale, mode, bases)
+    return SteerSpec(weights, layers, mode, scale)
 
 
 @dataclass(frozen=True)
