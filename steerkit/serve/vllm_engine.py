@@ -55,14 +55,9 @@ class VllmEngine:
     # ---- start ---------------------------------------------------------------------------------------
     def build(self) -> None:
         """Create vLLM's engine with steerkit's worker extension; fail with one line where it cannot steer."""
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        try:
-            from vllm import EngineArgs, LLMEngine
-        except ImportError as e:
-            raise SteerkitError("vLLM is not installed in this environment: `make vllm` builds .venv-vllm "
-                                "(run .venv-vllm/bin/steerkit serve --engine vllm)") from e  # fmt: skip
-        if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", ""):
-            raise SteerkitError("VLLM_USE_V2_MODEL_RUNNER is set: steerkit's hooks need the V1 model runner")
+        check_vllm()
+        from vllm import EngineArgs, LLMEngine
+
         args = EngineArgs(
             model=self.model_path, tokenizer=self.model_path, dtype=self.dtype, enforce_eager=True,
             enable_prefix_caching=False, max_num_seqs=self.max_batch, seed=0,
@@ -228,6 +223,20 @@ class VllmEngine:
             fut.set_result(fn())
         except BaseException as e:
             fut.set_exception(e)
+
+
+def check_vllm() -> None:
+    """One line, before anything starts, when this environment cannot run the vLLM engine."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] not in ("0", ""):
+        raise SteerkitError("VLLM_ENABLE_V1_MULTIPROCESSING must be 0: steerkit drives vLLM in-process")
+    if os.environ.get("VLLM_USE_V2_MODEL_RUNNER", "0") not in ("0", ""):
+        raise SteerkitError("VLLM_USE_V2_MODEL_RUNNER is set: steerkit's hooks need the V1 model runner")
+    try:
+        import vllm  # noqa: F401
+    except ImportError as e:
+        raise SteerkitError("vLLM is not installed in this environment: `make vllm` builds .venv-vllm; run "
+                            ".venv-vllm/bin/steerkit serve --engine vllm") from e  # fmt: skip
 
 
 def model_folder(lm: Any) -> str:

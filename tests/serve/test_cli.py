@@ -22,7 +22,7 @@ def _start(args, env=None):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "HF_HUB_OFFLINE": "1", **(env or {})})  # fmt: skip
     lines = []
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
@@ -79,3 +79,15 @@ def test_serve_bad_options_exit_2(serve_run, tmp_path):
     assert r.exit_code == 2
     r = CliRunner().invoke(main, ["serve", "--vectors", str(serve_run), "--api-key", " "])
     assert r.exit_code == 2 and "--api-key" in r.output
+
+
+def test_serve_engine_vllm_without_vllm_is_one_line(serve_run):
+    pytest.importorskip("fastapi")
+    try:
+        import vllm  # noqa: F401
+
+        pytest.skip("vLLM is installed here (the vLLM step tests the engine itself)")
+    except ImportError:
+        pass
+    r = CliRunner().invoke(main, ["serve", "--vectors", str(serve_run), "--engine", "vllm"])
+    assert r.exit_code == 2 and "make vllm" in r.output and len(r.output.strip().splitlines()) == 1

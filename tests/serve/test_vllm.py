@@ -123,3 +123,21 @@ def test_streaming_chunks_carry_their_rows(servers):
         chunks = [json.loads(ln[6:]) for ln in r.iter_lines() if ln.startswith("data: {")]
     assert "".join(c["choices"][0]["text"] for c in chunks) == whole["text"]
     assert [t for c in chunks for t in c["choices"][0]["readout"]["tokens"]] == whole["readout"]["tokens"]
+
+
+def test_cli_serves_with_vllm_and_stops_on_sigterm(smol_run):
+    import signal
+
+    from .test_cli import _start
+
+    proc, url, lines = _start(["--vectors", str(smol_run), "--engine", "vllm", "--kv-cache-gb", "0.25"])
+    try:
+        assert any("engine: vLLM in-process" in ln for ln in lines)
+        r = httpx.post(url + "/v1/completions", json={"prompt": "The meeting began", "max_tokens": 5,
+                                                       "temperature": 0, "steer": {"concepts": {"calm": 4}}}, timeout=120)  # fmt: skip
+        assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 5
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
