@@ -1,7 +1,7 @@
 """The package's shape: no import cycles between steerkit modules, and no import that runs upward.
 
 Rooms, from the ground up (docs: /DESIGN.md "Rooms"):
-errors/io -> stats/validate/runs -> models -> capture/corpus -> vectors/phase/textio -> quality/steering
+errors/io/version -> stats/validate/runs -> models -> capture/corpus -> vectors/phase/textio -> quality/steering
 -> generation/training -> experiments -> serve -> api (`steerkit/__init__.py`, `steerkit/api.py`) -> cli.
 
 Every `import steerkit.x` / `from steerkit.x import y` / relative `from .x import y` counts, wherever it
@@ -22,7 +22,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "steerkit"
 
 # Level of each room, from the ground up. Rooms on one level may import each other (unless in a cycle).
 LEVELS: list[tuple[str, ...]] = [
-    ("errors", "io"),
+    ("errors", "io", "version"),  # version.py: __version__, stamped into files by every room
     ("stats", "validate", "runs"),
     ("models",),
     ("capture", "corpus"),
@@ -183,9 +183,7 @@ def upward(graph: dict[str, dict[str, int]]) -> list[str]:
         for dst, line in sorted(edges.items()):
             ld = LEVEL[room_of(dst)]
             if ld > ls:
-                out.append(
-                    f"{src} ({room_of(src)}, level {ls}) -> {dst} ({room_of(dst)}, level {ld}) line {line}"
-                )
+                out.append(f"{src} ({room_of(src)}, level {ls}) -> {dst} ({room_of(dst)}, level {ld}) line {line}")
     return out
 
 
@@ -196,9 +194,7 @@ def test_every_module_has_a_room() -> None:
 
 def test_graph_sees_relative_and_absolute_imports() -> None:
     graph = import_graph()
-    assert "steerkit.errors" in graph["steerkit.validate"] or any(
-        "steerkit.errors" in e for e in graph.values()
-    )
+    assert "steerkit.errors" in graph["steerkit.validate"] or any("steerkit.errors" in e for e in graph.values())
     assert sum(len(e) for e in graph.values()) > 100  # the parser found the package's imports
 
 
@@ -231,9 +227,7 @@ def test_detects_a_cycle_and_an_upward_import(tmp_path: Path) -> None:
         "steerkit.vectors.b",
         "steerkit.vectors.a",
     ]
-    assert upward(graph) == [
-        "steerkit.errors (errors, level 0) -> steerkit.vectors.a (vectors, level 4) line 2"
-    ]
+    assert upward(graph) == ["steerkit.errors (errors, level 0) -> steerkit.vectors.a (vectors, level 4) line 2"]
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generation import (
+from ...generation import (
     SAMPLERS,
     Sampler,
     gen_config,
@@ -33,9 +33,10 @@ from ..generation import (
     pick_sampler,
     rows_by_prompt,
 )
-from . import measures as M
-from .design import InterveneConfig
-from .runner import Prepared, Setup, arm
+from .. import measures as M
+from ..batch import Prepared
+from .apparatus import Setup, arm
+from .config import InterveneConfig
 
 log = logging.getLogger(__name__)
 __all__ = ["SAMPLERS", "choose_sampler", "generate_rows", "overlap"]

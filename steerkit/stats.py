@@ -1,4 +1,5 @@
-"""Statistics of paired intervention experiments (pure numpy functions).
+"""Shared statistics (pure numpy functions): paired intervention experiments, steer-eval, training's
+validation CIs. The ground floor: it imports nothing from steerkit.
 
 - `sign_flip_test`: the paired randomisation test (Fisher 1935, ch. 21; Good, Permutation Tests,
   2005, sec. 3.6.2). Under H0 each per-prompt difference d_i is symmetric about 0, so every sign

@@ -61,6 +61,6 @@ def test_margin_measure_free_arm_controls_and_report(dpo_run):
 
 
 def test_ce_run_has_no_margin_measure():
-    from steerkit.experiments.experiment import load_heldout_pairs
+    from steerkit.experiments.intervene.experiment import load_heldout_pairs
 
     assert load_heldout_pairs(TrainConfig(model="tiny"), None) is None

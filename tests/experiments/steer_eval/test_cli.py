@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from steerkit.cli import main
 
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "corpus_small"
 FAST = ["--alphas", "0,4", "--layers", "1,2", "--seeds", "2", "--max-new-tokens", "6", "--random-draws", "3"]
 
 
@@ -141,7 +141,7 @@ def test_steer_without_strength_uses_the_operating_point(env, tmp_path):
 
 def test_check_model_compares_fingerprints_only_for_a_named_model_of_the_same_dtype(tiny_lm_factory):
     from steerkit.errors import ReadoutError
-    from steerkit.experiments.steer_eval import check_model
+    from steerkit.experiments.steer_eval.inputs import check_model
     from steerkit.vectors import ConceptVectors
 
     lm = tiny_lm_factory("llama")

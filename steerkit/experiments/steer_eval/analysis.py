@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from . import stats
+from ... import stats
 
 
 @dataclass

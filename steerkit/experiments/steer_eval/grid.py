@@ -17,15 +17,17 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..errors import ExperimentError
-from ..io import atomic_write_bytes
-from .design import arm_seed
-from .steer_eval_gen import (
+from ...errors import ExperimentError
+from ...io import atomic_write_bytes
+from ..prompts import arm_seed
+from .analysis import Arm
+from .config import SteerEvalConfig
+from .generate import (
     GenSpec,
     RowSteer,
     choose_steer_sampler,
@@ -35,10 +37,6 @@ from .steer_eval_gen import (
     reread,
     trim,
 )
-from .steer_eval_stats import Arm
-
-if TYPE_CHECKING:
-    from .steer_eval import SteerEvalConfig
 
 log = logging.getLogger(__name__)
 RANDOM_TAG = 7  # arm_seed(seed, layer, RANDOM_TAG, k) seeds random draw k at a layer
@@ -73,7 +71,7 @@ def random_directions(cv: Any, concepts: list[str], layer: int, draws: int, seed
 
 def plan_arms(cfg: SteerEvalConfig, cv: Any, concepts: list[str], layers: list[int]) -> list[ArmSpec]:
     """The baseline, then per layer and alpha every concept and every random draw."""
-    from ..steering import steering_direction
+    from ...steering import steering_direction
 
     arms = [ArmSpec("base", "base", -1, 0.0, torch.zeros(cv.hidden_size))]
     for layer in layers:

@@ -14,11 +14,12 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_bytes
-from ..runs import finish_run
-from . import measures as M
+from ...io import atomic_write_bytes
+from ...runs import finish_run
+from .. import measures as M
+from ..prompts import arm_seed
 from .analysis import analyze_experiment, verdicts
-from .design import applied_level, arm_seed
+from .config import applied_level
 from .experiment import Results
 
 KIND = "intervene"
@@ -29,7 +30,7 @@ def versions() -> dict[str, str]:
     import torch
     import transformers
 
-    from .. import __version__ as sk
+    from ...version import __version__ as sk
 
     return {"steerkit": str(sk), "torch": torch.__version__, "transformers": transformers.__version__,
             "numpy": np.__version__, "python": platform.python_version()}  # fmt: skip

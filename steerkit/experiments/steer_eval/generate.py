@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..generation import GenSpec, RowSteer, generate_chunk, pad_id, pick_sampler, trim
-from . import measures as M
-from .runner import Prepared, tf_batch
+from ...generation import GenSpec, RowSteer, generate_chunk, pad_id, pick_sampler, trim
+from .. import measures as M
+from ..batch import Prepared, tf_batch
 
 __all__ = ["GenSpec", "RowSteer", "choose_steer_sampler", "continuation_nll", "degeneration", "generate_chunk",
            "reread", "trim"]  # fmt: skip
@@ -71,7 +71,7 @@ def continuation_nll(lm: Any, prompts: list[list[int]], conts: list[list[int]]) 
 def reread(lm: Any, vectors: Any, layer: int, texts: list[str], max_batch_tokens: int = 1024) -> np.ndarray:
     """Concept scores (rows, n_concepts) of each text alone under the unsteered model, pooled as the
     readout was made; an empty text reads as the centre (all scores 0)."""
-    from ..capture import capture, parse_pooling
+    from ...capture import capture, parse_pooling
 
     out = np.zeros((len(texts), len(vectors.concepts)))
     keep = [r for r, t in enumerate(texts) if t]

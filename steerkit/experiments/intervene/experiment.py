@@ -11,21 +11,21 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ExperimentError
-from ..generation import pad_id
-from . import measures as M
-from .design import EXPERIMENTS, InterveneConfig, Prompt, arm_seed
-from .runner import (
+from ...errors import ExperimentError
+from ...generation import pad_id
+from .. import measures as M
+from ..batch import Prepared, tf_batch
+from ..prompts import Prompt, arm_seed
+from .apparatus import (
     ExperimentData,
-    Prepared,
     Progress,
     Setup,
     arm,
     forward_capture,
     planted_coupling,
     prepare_prompts,
-    tf_batch,
 )
+from .config import EXPERIMENTS, InterveneConfig
 from .sampling import choose_sampler, generate_rows, overlap
 from .washout import mean_profiles, site_profile
 
@@ -65,7 +65,7 @@ def load_heldout_pairs(train_cfg: Any, tokenizer: Any) -> HeldoutPairs | None:
     """The held-out pairs of a DPO / ORPO run (None for other runs), split as training split them."""
     if getattr(train_cfg, "objective", "ce") == "ce" or not getattr(train_cfg, "pairs", None):
         return None
-    from ..training.preference import run_pairs
+    from ...training.preference import run_pairs
 
     tp, _, val = run_pairs(train_cfg, tokenizer)
     return HeldoutPairs(tp, val, mean=train_cfg.objective == "orpo", batch_size=max(1, int(train_cfg.batch_size)))
@@ -236,8 +236,8 @@ def pair_margins(
     setup: Setup, coupling: Any, level: float | None, pairs: HeldoutPairs, method: str, detached: bool
 ) -> np.ndarray:
     """Teacher-forced preference margin of every held-out pair in one arm: (n_pairs,)."""
-    from ..training.objectives import completion_logps
-    from ..training.pairs import pair_batch
+    from ...training.objectives import completion_logps
+    from ...training.pairs import pair_batch
 
     dev = setup.lm.input_device
     out: list[np.ndarray] = []

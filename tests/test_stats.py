@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from steerkit.experiments import stats
+from steerkit import stats
 
 
 def _brute_sign_flip(d, alternative):
@@ -142,8 +142,8 @@ def test_spearman_against_scipy_and_trend():
 def test_power_note_names_the_binding_limit():
     """20 prompts could reach p = 2^-20 exactly; 100 permutations cap p at 1/101: the advice must
     be to raise --permutations, not to add prompts. With 4 prompts the prompts are the limit."""
-    from steerkit.experiments.analysis import _remedy, power_note
-    from steerkit.experiments.design import InterveneConfig
+    from steerkit.experiments.intervene.analysis import _remedy, power_note
+    from steerkit.experiments.intervene.config import InterveneConfig
 
     few_perm = InterveneConfig(levels=(0.3,), permutations=100)
     pw = power_note(20, 7, few_perm)

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from experiments.helpers import word_prompts
-from steerkit.experiments import stats
-from steerkit.experiments.design import arm_seed
+from steerkit import stats
+from steerkit.experiments.prompts import arm_seed
 from steerkit.experiments.steer_eval import SteerEvalConfig, evaluate
-from steerkit.experiments.steer_eval_gen import continuation_nll, reread
-from steerkit.experiments.steer_eval_stats import Arm, cell, ranks
+from steerkit.experiments.steer_eval.analysis import Arm, cell, ranks
+from steerkit.experiments.steer_eval.generate import continuation_nll, reread
 from steerkit.generation import GenSpec, RowSteer, generate_chunk, trim
 from steerkit.steering import steer
 from steerkit.vectors import ConceptVectors

@@ -8,27 +8,28 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ..errors import RunDirError
-from ..runs import new_run_dir, prepare_out, runs_root
-from .design import InterveneConfig, load_prompts
+from ...errors import RunDirError
+from ...runs import new_run_dir, prepare_out, runs_root
+from ..prompts import load_prompts
+from .apparatus import Progress, Setup
+from .config import InterveneConfig
 from .experiment import load_heldout_pairs, run_intervention
 from .report import KIND, build_report, write_report
-from .runner import Progress, Setup
 
 if TYPE_CHECKING:
-    from ..models.loading import Placement
+    from ...models.loading import Placement
 
 
 def resolve_run(run: str | Path | None) -> Path:
     """RUN_DIR, or the newest finished train-phase run under runs/ when None."""
-    from ..training.runs import find_latest_run
+    from ...training.runs import find_latest_run
 
     if run is None:
         found = find_latest_run()
         if found is None:
             raise RunDirError(f"no trained phase core under {runs_root()}/; train one with `steerkit train-phase`")
         return found
-    from ..validate import expect_dir
+    from ...validate import expect_dir
 
     d = expect_dir(run, "--run", RunDirError, "pass a run written by `steerkit train-phase`")
     if not (d / "phase_core.safetensors").is_file() and not (d / "config.json").is_file():
@@ -73,8 +74,8 @@ def intervene(
     Output: `out`, else runs/<stamp>-intervene. A new folder is assembled under a temporary name
     beside it and renamed into place, so it is complete or absent.
     """
-    from ..training.runs import load_phase_run
-    from ..vectors.readout import ConceptVectors
+    from ...training.runs import load_phase_run
+    from ...vectors.readout import ConceptVectors
 
     run_dir = resolve_run(run)
     plist = load_prompts(prompts)  # fail fast on bad input, before loading a model

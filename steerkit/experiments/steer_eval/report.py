@@ -10,8 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from ..io import atomic_write_bytes
-from . import steer_eval_stats as S
+from ...io import atomic_write_bytes
+from . import analysis as S
 
 FORMAT_VERSION = 1
 FIGURES = ("steer_eval_curves.png", "steer_eval_operating.png", "steer_eval_offtarget.png")
@@ -19,7 +19,7 @@ FIGURES = ("steer_eval_curves.png", "steer_eval_operating.png", "steer_eval_offt
 
 def analyze(grid: Any, cfg: Any, cv: Any, concepts: list[str], layers: list[int]) -> dict[str, Any]:
     """Per-cell statistics, Holm, operating points and the summary from a computed grid."""
-    from .steer_eval_grid import arm_data
+    from .grid import arm_data
 
     base_arm = next(a for a in grid.arms if a.kind == "base")
     base = arm_data(grid, base_arm)
@@ -173,7 +173,7 @@ def _who(e: dict[str, Any]) -> str:
 
 def write_report(out: Path, rep: dict[str, Any], groups: dict[str, list[str]]) -> list[str]:
     """Figures, steer_eval.md, then steer_eval.json into `out` (each atomic); returns the file names."""
-    from .steer_eval_figures import figures
+    from .figures import figures
 
     out.mkdir(parents=True, exist_ok=True)
     figs = figures(rep, groups)
@@ -190,8 +190,8 @@ def operating_points_for(run: Path, names: list[str], layer_given: bool) -> dict
     run/steer_eval.json ({} when the run has none). One-line errors when a name has no operating point,
     the vectors changed since the steer-eval, or the points disagree on the scale (or on the layer
     when no --layer is given)."""
-    from ..errors import ReadoutError
-    from ..io import sha256_file
+    from ...errors import ReadoutError
+    from ...io import sha256_file
 
     p = run / "steer_eval.json"
     if not names or not p.is_file():

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from . import measures as M
-from . import stats
-from .design import InterveneConfig
-from .runner import ExperimentData
+from ... import stats
+from .. import measures as M
+from .apparatus import ExperimentData
+from .config import InterveneConfig
 from .washout import summarize_washout
 
 LACKED_POWER = "the experiment lacked power; a null result means nothing"

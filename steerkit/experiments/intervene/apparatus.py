@@ -13,11 +13,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import ExperimentError
-from ..generation import gen_config
-from ..phase.core import PhaseCore
-from ..phase.couplings import Coupling, CouplingConfig, PhaseHook, make_coupling
-from .design import Prompt, applied_level
+from ...errors import ExperimentError
+from ...generation import gen_config
+from ...phase.core import PhaseCore
+from ...phase.couplings import Coupling, CouplingConfig, PhaseHook, make_coupling
+from ..batch import Prepared
+from ..prompts import Prompt
+from .config import applied_level
 
 log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
@@ -37,18 +39,6 @@ class Setup:
     def carry_state(self) -> bool:
         """Sampling arms carry the phases across forward calls only with the cached samplers."""
         return self.sampler != "recompute"
-
-
-@dataclass
-class Prepared:
-    text: str
-    continuation: str
-    prompt_ids: list[int]
-    cont_ids: list[int]
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.prompt_ids) + len(self.cont_ids)
 
 
 @dataclass
@@ -125,14 +115,6 @@ def arm(
 
 
 # ---- teacher-forced passes --------------------------------------------------------------------------
-def tf_batch(prompts: list[Prepared], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Prompt + continuation of each prompt, right-padded: ids and mask (b, T_max). Right padding
-    never changes the real positions of a causal (or recurrent) model, nor the phases there."""
-    from ..capture.forward import pad
-
-    return pad([p.prompt_ids + p.cont_ids for p in prompts], pad_id, "right")
-
-
 def forward_capture(
     setup: Setup, hook: PhaseHook, ids: torch.Tensor, mask: torch.Tensor, sites: list[int], probe_layer: int | None
 ) -> dict[str, torch.Tensor]:

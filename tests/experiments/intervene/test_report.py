@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 
 from steerkit.experiments import InterveneConfig
-from steerkit.experiments.analysis import LACKED_POWER, analyze_experiment, verdicts
-from steerkit.experiments.design import Prompt
-from steerkit.experiments.experiment import Results
-from steerkit.experiments.report import build_report, markdown, write_report
-from steerkit.experiments.runner import ExperimentData, Prepared
+from steerkit.experiments.batch import Prepared
+from steerkit.experiments.intervene.analysis import LACKED_POWER, analyze_experiment, verdicts
+from steerkit.experiments.intervene.apparatus import ExperimentData
+from steerkit.experiments.intervene.experiment import Results
+from steerkit.experiments.intervene.report import build_report, markdown, write_report
+from steerkit.experiments.prompts import Prompt
 
 MEASURES = ("kl", "topk", "entropy", "nll", "distinct", "length", "gen_entropy")
 N = 10

@@ -8,7 +8,8 @@ import pytest
 
 from steerkit.errors import ExperimentError
 from steerkit.experiments import InterveneConfig, load_prompts, merge_levels, parse_grid
-from steerkit.experiments.design import R_MAX_APPLIED, applied_level, arm_seed, default_prompts_path
+from steerkit.experiments.intervene.config import R_MAX_APPLIED, applied_level
+from steerkit.experiments.prompts import arm_seed, default_prompts_path
 
 
 def test_levels_and_grid():

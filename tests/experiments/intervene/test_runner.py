@@ -15,10 +15,11 @@ from experiments.helpers import make_setup, word_prompts
 from steerkit.errors import ExperimentError
 from steerkit.experiments import InterveneConfig, run_intervention
 from steerkit.experiments import measures as M
-from steerkit.experiments.experiment import make_probe, run_experiment
-from steerkit.experiments.runner import arm, forward_capture, planted_coupling, prepare_prompts, tf_batch
-from steerkit.experiments.sampling import choose_sampler, generate_rows
-from steerkit.experiments.washout import DEAD, site_profile, summarize_washout
+from steerkit.experiments.batch import tf_batch
+from steerkit.experiments.intervene.apparatus import arm, forward_capture, planted_coupling, prepare_prompts
+from steerkit.experiments.intervene.experiment import make_probe, run_experiment
+from steerkit.experiments.intervene.sampling import choose_sampler, generate_rows
+from steerkit.experiments.intervene.washout import DEAD, site_profile, summarize_washout
 from steerkit.generation import pad_id
 from steerkit.vectors.readout import ConceptVectors
 

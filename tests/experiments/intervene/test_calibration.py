@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 
 from experiments.helpers import make_setup, word_prompts
-from steerkit.experiments import InterveneConfig, stats
+from steerkit import stats
+from steerkit.experiments import InterveneConfig
 from steerkit.experiments import measures as M
-from steerkit.experiments.design import arm_seed
-from steerkit.experiments.experiment import GEN_MEASURES, run_experiment
-from steerkit.experiments.runner import arm, prepare_prompts
-from steerkit.experiments.sampling import generate_rows
+from steerkit.experiments.intervene.apparatus import arm, prepare_prompts
+from steerkit.experiments.intervene.experiment import GEN_MEASURES, run_experiment
+from steerkit.experiments.intervene.sampling import generate_rows
+from steerkit.experiments.prompts import arm_seed
 
 LEVEL = 0.9
 B = 400  # simulated experiments (binomial sd of a 5% rate: 1.1%)
