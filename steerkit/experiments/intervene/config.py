@@ -1,4 +1,5 @@
-"""The design of an intervention experiment: settings, prompts, R levels, seeds, the three experiments.
+"""The design of an intervention experiment: settings, R levels, the three experiments (the prompts
+and per-arm seeds live on the floor below, `steerkit.experiments.prompts`, shared with steer-eval).
 
 Paired design (docs/intervene.md): for every prompt, the model with the trained phase core
 free-running (the `free` arm) is compared with the same model with R forced to each level (one
