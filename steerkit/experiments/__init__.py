@@ -4,21 +4,17 @@ the text express the concept, at what cost; docs/steer-eval.md). What both use l
 prompts.py (prompts, sampling seeds), batch.py (the teacher-forced batch), measures.py; shared
 statistics live on the ground floor (`steerkit.stats`).
 
-The intervention experiment's public names stay importable from here.
+The intervention experiment's public names stay importable from here; note that the name
+`steerkit.experiments.intervene` is the `intervene` function (as before the rooms existed), while
+`import steerkit.experiments.intervene.run` and `from steerkit.experiments.intervene.config import ...`
+reach the room's modules.
 """
 
-from .intervene import (
-    EXPERIMENTS,
-    InterveneConfig,
-    Prompt,
-    Results,
-    Setup,
-    intervene,
-    load_prompts,
-    merge_levels,
-    parse_grid,
-    run_intervention,
-)
+from .intervene.apparatus import Setup
+from .intervene.config import EXPERIMENTS, InterveneConfig, merge_levels, parse_grid
+from .intervene.experiment import Results, run_intervention
+from .intervene.run import intervene
+from .prompts import Prompt, load_prompts
 
 __all__ = [
     "EXPERIMENTS",

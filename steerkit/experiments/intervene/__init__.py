@@ -5,22 +5,3 @@ This room: config.py (settings, R levels), apparatus.py (setup, arms, teacher-fo
 sampling.py (sampled generations), washout.py (norm-washout profiles), experiment.py (the three
 experiments), analysis.py (tests and verdicts), report.py (the files), run.py (the command).
 """
-
-from ..prompts import Prompt, load_prompts
-from .apparatus import Setup
-from .config import EXPERIMENTS, InterveneConfig, merge_levels, parse_grid
-from .experiment import Results, run_intervention
-from .run import intervene
-
-__all__ = [
-    "EXPERIMENTS",
-    "InterveneConfig",
-    "Prompt",
-    "Results",
-    "Setup",
-    "intervene",
-    "load_prompts",
-    "merge_levels",
-    "parse_grid",
-    "run_intervention",
-]
