@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from steerkit.experiments.design import arm_seed
-from steerkit.experiments.steer_eval import default_prompts_path, read_prompts
-from steerkit.experiments.steer_eval_gen import continuation_nll, reread
+from steerkit.experiments.prompts import arm_seed
+from steerkit.experiments.steer_eval.generate import continuation_nll, reread
+from steerkit.experiments.steer_eval.inputs import default_prompts_path, read_prompts
 from steerkit.generation import GenSpec, RowSteer, generate_chunk, trim
 from steerkit.models import load
 from steerkit.steering import steer

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import main
+from .app import main
 from .common import BLOCKS, POOLING, POSITIVE_INT, SITES, model_options
 from .progress import progress_bar
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import main
+from .app import main
 from .common import NONNEG_FLOAT, OPEN_UNIT_FLOAT, POSITIVE_INT, SEED, console
 
 if TYPE_CHECKING:

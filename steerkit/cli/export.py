@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import main
+from .app import main
 from .common import model_options
 
 if TYPE_CHECKING:
@@ -30,11 +30,11 @@ def export_cmd(vectors_dir: str, concepts: tuple[str, ...], layers: str | None, 
     direction.N = sum alpha_c * v_c (raw diff-of-means), added by llama.cpp to block N's output at
     every position: at scale 1 it equals `steerkit steer --scale absolute` with the same alphas on
     the same blocks. llama.cpp cannot steer block 0."""
-    from .. import __version__
     from ..capture import parse_layers
     from ..errors import ReadoutError
     from ..vectors import ConceptVectors
     from ..vectors.gguf import control_directions, model_hint, write_control_vector
+    from ..version import __version__
     from .vectors import _parse_weights
 
     out_path = Path(out)
@@ -112,13 +112,13 @@ def import_cmd(
 
     The readout has one concept whose raw vector at block N is direction.N: `steerkit steer
     --concept NAME=1 --scale absolute` on those blocks adds what llama.cpp adds at scale 1."""
-    from .. import __version__
     from ..errors import ReadoutError
     from ..models import load
     from ..models.zoo import DEFAULT_MODEL
     from ..runs import finish_run, new_run_dir, prepare_out
     from ..vectors.extract import DEFAULT_POOLING
     from ..vectors.gguf import model_hint, read_control_vector, to_readout
+    from ..version import __version__
 
     cvec = read_control_vector(gguf_file)  # all file checks before any model is loaded
     name = concept if concept is not None else re.sub(r"[^A-Za-z0-9_.-]+", "_", Path(gguf_file).stem) or "imported"

@@ -6,7 +6,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import main
+from .app import main
 from .common import OPEN_UNIT_FLOAT, POSITIVE_FLOAT, POSITIVE_INT, SEED, UNIT_FLOAT, BoundedInt, console, device_options
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ def intervene_cmd(
     intervention.md, dose_response.png and washout.png. Exit code 0 whatever the verdict."""
     from ..errors import ExperimentError
     from ..experiments import InterveneConfig, intervene, merge_levels
-    from ..experiments.run import resolve_run
+    from ..experiments.intervene.run import resolve_run
     from .progress import progress_bar
 
     levels = merge_levels(force_r, grid)

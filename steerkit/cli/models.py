@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import main
+from .app import main
 from .common import console, model_options
 
 if TYPE_CHECKING:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import main
+from .app import main
 from .common import (
     FINITE_FLOAT,
     NONNEG_FLOAT,

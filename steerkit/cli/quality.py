@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import main
+from .app import main
 from .common import POSITIVE_FLOAT, SEED, BoundedInt, device_options
 
 if TYPE_CHECKING:

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from . import main
+from .app import main
 from .common import POSITIVE_INT, device_options
 
 if TYPE_CHECKING:

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from . import main
+from .app import main
 from .common import (
     NONNEG_FLOAT,
     OPEN_UNIT_FLOAT,

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import click
 
 from ..vectors.methods import METHODS
-from . import main
+from .app import main
 from .common import BLOCKS, POOLING, POSITIVE_INT, SEED, console, device_options
 from .progress import progress_bar
 
@@ -183,7 +183,7 @@ def steer(
     weights = _parse_weights(concepts)
     for name in weights:
         cv.index(name)
-    from ..experiments.steer_eval_report import operating_points_for
+    from ..experiments.steer_eval.report import operating_points_for
 
     bare = [p.strip() for p in concepts if "=" not in p]  # no strength: the steer-eval operating point
     ops = operating_points_for(Path(vectors_dir), bare, layer is not None or layer_spec is not None)

@@ -17,9 +17,9 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..errors import RunDirError
 from ..vectors.readout import ConceptVectors
+from ..version import __version__
 from . import metrics as M
 from .heads import head_decomposition
 from .heldout import held_out_readout

@@ -82,7 +82,7 @@ def operating_points(run: Path, concepts: list[str]) -> dict[str, dict[str, Any]
     import json
 
     from ..errors import SteerkitError
-    from ..experiments.steer_eval_report import operating_points_for
+    from ..experiments.steer_eval.report import operating_points_for
 
     p = run / "steer_eval.json"
     if not p.is_file():

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -34,6 +34,7 @@ from . import checkpoint as ck
 from . import diagnostics as dg
 from .config import TrainConfig, TrainingConfigError
 from .optim import Optimizers
+from .protocol import Objective, StepOut
 from .runs import KIND, RunPaths, read_config, save_final, write_json
 from .setup import ModelGuard, Parts, build_parts, load_trainable_state, trainable_state
 from .signals import StopSignals
@@ -51,33 +52,6 @@ class TrainResult:
     best_val: float | None
     stop_reason: str | None
     signal: int | None = None
-
-
-@dataclass
-class StepOut:
-    """One step's loss and what the loop logs: scalars, and R / U per token (mask: which count)."""
-
-    loss: torch.Tensor
-    scalars: dict[str, Any]
-    r: torch.Tensor  # (rows, positions)
-    u: torch.Tensor  # (rows, positions)
-    mask: torch.Tensor | None = None
-
-
-class Objective(Protocol):
-    def prepare(self, t: Trainer) -> dict[str, Any]:
-        """Load and check the data (before anything is written); returns facts for config.json."""
-        ...
-
-    def begin(self, t: Trainer, fresh: bool) -> None:
-        """After the run folder exists (fresh) or before the checkpoint is restored (resume)."""
-        ...
-
-    def step(self, t: Trainer, hook: PhaseHook, step: int) -> StepOut: ...
-
-    def validate(self, t: Trainer, hook: PhaseHook) -> tuple[dict[str, Any], float]:
-        """Held-out metrics and the score the lr controller minimises."""
-        ...
 
 
 def make_objective(cfg: TrainConfig) -> Objective:

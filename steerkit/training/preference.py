@@ -24,7 +24,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,12 +32,11 @@ import torch
 from ..errors import RunDirError
 from ..phase.couplings import PhaseHook
 from ..phase.metrics import normalized_entropy, summarize
+from ..stats import bootstrap_ci
 from .data import batch_indices
 from .objectives import completion_logps, dpo_loss, orpo_loss, orpo_nll
 from .pairs import TokenizedPairs, load_pairs, pair_batch, split_pairs, tokenize_pairs
-
-if TYPE_CHECKING:
-    from .loop import StepOut, Trainer
+from .protocol import StepOut, TrainerView
 
 log = logging.getLogger(__name__)
 REFERENCE = "reference.safetensors"
@@ -79,7 +78,7 @@ def fingerprint(model: torch.nn.Module, start: dict[str, torch.Tensor], pairs_sh
 
 
 class PreferenceObjective:
-    def prepare(self, t: Trainer) -> dict[str, Any]:
+    def prepare(self, t: TrainerView) -> dict[str, Any]:
         cfg = t.cfg
         self.kind = cfg.objective
         self.tp, self.train_idx, self.val_idx = run_pairs(cfg, t.lm.tokenizer)
@@ -92,7 +91,7 @@ class PreferenceObjective:
         }
 
     # ---- the reference ----------------------------------------------------------------------
-    def begin(self, t: Trainer, fresh: bool) -> None:
+    def begin(self, t: TrainerView, fresh: bool) -> None:
         if self.kind != "dpo":
             return
         path, meta_path = t.paths.root / REFERENCE, t.paths.root / REFERENCE_META
@@ -121,7 +120,7 @@ class PreferenceObjective:
             )
         self._compute_reference(t, start, path, meta_path)
 
-    def _compute_reference(self, t: Trainer, start: dict[str, torch.Tensor], path: Path, meta_path: Path) -> None:
+    def _compute_reference(self, t: TrainerView, start: dict[str, torch.Tensor], path: Path, meta_path: Path) -> None:
         from ..io import atomic_save_safetensors
         from .runs import write_json
 
@@ -142,13 +141,13 @@ class PreferenceObjective:
         log.info("DPO reference log-probs of %d pairs computed in %.1f s", n, seconds)
 
     # ---- forward and loss ---------------------------------------------------------------------
-    def _forward(self, t: Trainer, hook: PhaseHook, idx: list[int]) -> dict[str, torch.Tensor]:
+    def _forward(self, t: TrainerView, hook: PhaseHook, idx: list[int]) -> dict[str, torch.Tensor]:
         ids, att, cm = (x.to(t.device) for x in pair_batch(self.tp, idx, self.pad))  # (2b, T)
         logits = t.model(ids, attention_mask=att, use_cache=False).logits  # (2b, T, V)
         sums, means = completion_logps(logits, ids, cm)  # (2b,), (2b,)
         return {"ids": ids, "att": att, "cm": cm, "logits": logits, "sums": sums, "means": means}
 
-    def _loss(self, t: Trainer, hook: PhaseHook, idx: list[int]) -> tuple[torch.Tensor, dict[str, Any]]:
+    def _loss(self, t: TrainerView, hook: PhaseHook, idx: list[int]) -> tuple[torch.Tensor, dict[str, Any]]:
         cfg, b = t.cfg, len(idx)
         f = self._forward(t, hook, idx)
         m = f["cm"][:, 1:].float()  # (2b, T-1): positions that predict completion tokens
@@ -204,16 +203,14 @@ class PreferenceObjective:
             s.update({f"{prefix}{side}/{k}": summ[k] for k in SIDE_KEYS if k in summ})
         return s
 
-    def step(self, t: Trainer, hook: PhaseHook, step: int) -> StepOut:
-        from .loop import StepOut
-
+    def step(self, t: TrainerView, hook: PhaseHook, step: int) -> StepOut:
         cfg = t.cfg
         pos = batch_indices(step, len(self.train_idx), cfg.batch_size, cfg.seed).tolist()
         idx = [self.train_idx[i] for i in pos]
         loss, o = self._loss(t, hook, idx)
         return StepOut(loss, self._scalars(o, cfg.r_band), o["r"], o["u"], o["mask"])
 
-    def validate(self, t: Trainer, hook: PhaseHook) -> tuple[dict[str, Any], float]:
+    def validate(self, t: TrainerView, hook: PhaseHook) -> tuple[dict[str, Any], float]:
         cfg = t.cfg
         parts: list[dict[str, Any]] = []
         losses: list[float] = []
@@ -246,8 +243,6 @@ class PreferenceObjective:
             merged[k] = torch.cat([padded(k, True), padded(k, False)])
         out = self._scalars(merged, cfg.r_band, "val/")
         acc = (merged["chosen_rewards"] > merged["rejected_rewards"]).double().numpy()
-        from ..experiments.stats import bootstrap_ci
-
         lo, hi = bootstrap_ci(acc, 2000, 0.95, np.random.default_rng(cfg.seed))
         out["val/rewards/accuracies_ci"] = [float(lo), float(hi)]
         out["val_loss"] = sum(losses) / b

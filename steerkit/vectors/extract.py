@@ -18,7 +18,6 @@ from typing import Any
 
 import torch
 
-from .. import __version__
 from ..capture import (
     BlockSpec,
     CaptureResult,
@@ -36,6 +35,7 @@ from ..models import LoadedModel, load, preflight
 from ..models.loading import Placement
 from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
+from ..version import __version__
 from .methods import MethodInputs, get_method
 from .readout import ConceptVectors
 

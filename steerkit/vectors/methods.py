@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..quality.metrics import group_means
+from .means import group_means
 
 
 @dataclass(frozen=True)

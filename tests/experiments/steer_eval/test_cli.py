@@ -1,0 +1,158 @@
+"""`steerkit steer-eval` end to end on a tiny model: the files, the latest extract run as default,
+resume from the row cache with the same numbers, bad input (one line, exit 2, nothing written),
+and `steerkit steer --concept NAME` taking the run's operating point."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from steerkit.cli import main
+
+FIXTURE = Path(__file__).parents[2] / "fixtures" / "corpus_small"
+FAST = ["--alphas", "0,4", "--layers", "1,2", "--seeds", "2", "--max-new-tokens", "6", "--random-draws", "3"]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory, tiny_dir_factory):
+    root = tmp_path_factory.mktemp("se")
+    model = tiny_dir_factory("llama")
+    run = root / "runs" / "r1"
+    args = ["extract", "--stories", str(FIXTURE), "--model", str(model), "--layers", "1,2,3", "--out", str(run),
+            "--allow-untrained", "--no-cache"]  # fmt: skip
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    prompts = root / "prompts.txt"
+    prompts.write_text("The cat sat on the mat and\nShe made tea for her friend while\nHe opened the letter at\n")
+    return {"root": root, "model": model, "run": run, "prompts": prompts}
+
+
+def _listing(d: Path) -> dict[str, int]:
+    return {str(p.relative_to(d)): p.stat().st_mtime_ns for p in sorted(d.rglob("*"))}
+
+
+def test_run_files_default_vectors_and_resume(env, tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERKIT_RUNS", str(env["root"] / "runs"))
+    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "cache"))
+    args = ["steer-eval", "--prompts", str(env["prompts"]), *FAST]
+    res = CliRunner().invoke(main, args)  # no --vectors: the latest extract run
+    assert res.exit_code == 0, res.output
+    assert "steerable:" in res.output and "report:" in res.output
+    run = env["run"]
+    rep = json.loads((run / "steer_eval.json").read_text())
+    for f in ("steer_eval.md", "steer_eval_curves.png", "steer_eval_operating.png", "steer_eval_offtarget.png"):
+        assert (run / f).stat().st_size > 0, f
+    assert rep["layers"] == [1, 2] and rep["alphas"] == [4.0] and rep["n_units"] == 6
+    assert len(rep["cells"]) == 4 * 2 and rep["stats"]["cached"] == 0
+    assert rep["stats"]["rows"] == 6 * (1 + 2 * (4 + 3))  # baseline + per layer 4 concepts + 3 random draws
+    assert rep["source"]["readout_layer"] in (1, 2, 3) and rep["sampler"] in ("batched", "generate")
+    # the same command again: every row from the cache, the same numbers
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, res.output
+    again = json.loads((run / "steer_eval.json").read_text())
+    assert again["stats"]["cached"] == again["stats"]["rows"] and again["sampler"] == "cached"
+    assert again["cells"] == rep["cells"] and again["operating_points"] == rep["operating_points"]
+    # --out: a separate folder, a finished run of its own
+    out = tmp_path / "se_out"
+    res = CliRunner().invoke(main, [*args, "--vectors", str(run), "--out", str(out), "--greedy"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((out / "run.json").read_text())["kind"] == "steer-eval"
+    assert json.loads((out / "steer_eval.json").read_text())["n_units"] == 3  # greedy: one unit per prompt
+
+
+def _one_line_error(res, needle: str) -> None:
+    assert res.exit_code == 2, res.output
+    lines = [ln for ln in res.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], res.output
+
+
+@pytest.mark.parametrize(
+    "extra, prompts, needle",
+    [
+        (["--concepts", "calmm"], None, "did you mean calm"),
+        (["--layers", "0"], None, "layer 0 is not in the readout"),
+        (["--alphas", "0,nan"], None, "finite"),
+        (["--alphas", "0,inf"], None, "finite"),
+        (["--alphas", "0"], None, "other than 0"),
+        (["--seeds", "0"], None, "--seeds must be an integer >= 1"),
+        (["--max-new-tokens", "0"], None, "--max-new-tokens must be an integer >= 1"),
+        (["--random-draws", "1"], None, "--random-draws must be an integer >= 2"),
+        (["--temperature", "nan"], None, "--temperature must be a finite number > 0"),
+        (["--significance", "1"], None, "--significance must be a number in (0, 1)"),
+        ([], "empty", "holds no prompts"),
+        ([], "latin1", "not UTF-8"),
+        ([], "missing", "does not exist"),
+        (["--model", "OTHER"], None, "the vectors were made with"),
+    ],
+)
+def test_bad_input_one_line_exit_2_nothing_written(
+    env, tmp_path, monkeypatch, tiny_dir_factory, extra, prompts, needle
+):
+    monkeypatch.setenv("STEERKIT_CACHE", str(tmp_path / "cache"))
+    p = env["prompts"]
+    if prompts == "empty":
+        p = tmp_path / "empty.txt"
+        p.write_text("\n# only a comment\n")
+    elif prompts == "latin1":
+        p = tmp_path / "latin1.txt"
+        p.write_bytes("Le caf\xe9 ouvre \xe0 huit heures\n".encode("latin-1"))
+    elif prompts == "missing":
+        p = tmp_path / "nope.jsonl"
+    extra = [str(tiny_dir_factory("llama", seed=1)) if x == "OTHER" else x for x in extra]
+    before = _listing(env["run"])
+    res = CliRunner().invoke(main, ["steer-eval", "--vectors", str(env["run"]), "--prompts", str(p), *FAST, *extra])
+    _one_line_error(res, needle)
+    assert _listing(env["run"]) == before
+    assert not (tmp_path / "cache").exists()
+
+
+def test_no_extract_run_names_the_command(tmp_path, monkeypatch):
+    monkeypatch.setenv("STEERKIT_RUNS", str(tmp_path / "runs"))
+    _one_line_error(CliRunner().invoke(main, ["steer-eval"]), "steerkit extract")
+
+
+def test_steer_without_strength_uses_the_operating_point(env, tmp_path):
+    import shutil
+
+    from steerkit.io import sha256_file
+
+    run = tmp_path / "run"
+    shutil.copytree(env["run"], run)
+    (run / "steer_eval.json").unlink(missing_ok=True)  # left by an earlier test
+    base = ["steer", "--vectors", str(run), "--prompt", "The cat sat on", "--max-new-tokens", "5"]
+    res = CliRunner().invoke(main, [*base, "--concept", "calm"])  # no steer-eval: alpha 1, as before
+    assert res.exit_code == 0 and "calm=1 " in res.output, res.output
+    sha = sha256_file(run / "readout.safetensors")
+    op = {"layer": 2, "alpha": 3.5, "scale": "relative", "success": 0.9, "nll_increase": 0.2}
+    rep = {"operating_points": {"calm": op, "angry": None}, "source": {"readout_sha256": sha}}
+    (run / "steer_eval.json").write_text(json.dumps(rep))
+    got = CliRunner().invoke(main, [*base, "--concept", "calm"])
+    want = CliRunner().invoke(main, [*base, "--concept", "calm=3.5", "--scale", "relative", "--layer", "2"])
+    assert got.exit_code == 0 and "calm=3.5 (relative, layer 2)" in got.output, got.output
+    assert got.output == want.output
+    _one_line_error(CliRunner().invoke(main, [*base, "--concept", "angry"]), "no operating point")
+    rep["source"]["readout_sha256"] = "0" * 64
+    (run / "steer_eval.json").write_text(json.dumps(rep))
+    _one_line_error(CliRunner().invoke(main, [*base, "--concept", "calm"]), "other vectors")
+
+
+def test_check_model_compares_fingerprints_only_for_a_named_model_of_the_same_dtype(tiny_lm_factory):
+    from steerkit.errors import ReadoutError
+    from steerkit.experiments.steer_eval.inputs import check_model
+    from steerkit.vectors import ConceptVectors
+
+    lm = tiny_lm_factory("llama")
+    import torch
+
+    cv = ConceptVectors(["a"], [1], {1: torch.ones(1, 32)}, {1: torch.ones(1)}, {"model": {"spec": lm.info["spec"],
+                        "fingerprint": "other"}})  # fmt: skip
+    check_model(cv, lm, explicit=False)  # the run's own spec, loaded by us: only the shapes must fit
+    with pytest.raises(ReadoutError, match="made with"):
+        check_model(cv, lm, explicit=True)
+    check_model(cv, lm, explicit=True, same_dtype=False)  # another dtype: the same spec is enough
+    wide = ConceptVectors(["a"], [1], {1: torch.ones(1, 64)}, {1: torch.ones(1)}, {"model": {"spec": "x"}})
+    with pytest.raises(ReadoutError, match="made with"):
+        check_model(wide, lm, explicit=False)
