@@ -165,9 +165,9 @@ def steer(
     placement: Placement,
 ) -> None:
     """Generate with concept vectors added to a block's output."""
-    import torch
 
     from ..errors import SteerkitError
+    from ..generation import generate_one
     from ..models import load
     from ..steering import steer as steer_ctx
     from ..vectors import ConceptVectors
@@ -207,9 +207,9 @@ def steer(
         raise SteerkitError(f"the prompt {prompt!r} has no tokens; pass some text with --prompt")
 
     def generate() -> str:
-        torch.manual_seed(seed)
-        out = lm.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=sample, pad_token_id=tok.pad_token_id)
-        return tok.decode(out[0, enc.input_ids.shape[1] :], skip_special_tokens=True)
+        return str(
+            tok.decode(generate_one(lm, enc, max_new_tokens, sample=sample, seed=seed), skip_special_tokens=True)
+        )
 
     with steer_ctx(lm, cv, weights, layers, scale=scale, mode=mode):  # type: ignore[arg-type]
         steered = generate()

@@ -11,7 +11,16 @@ generation equals full recomputation. intervene, steer-eval, `steer`, `LoadedMod
                conditions, readout rows), the engine of `steerkit serve`
 """
 
-from .batch import gen_config, generate_batch, generate_chunk, generate_recompute, left_pad, pad_id, rows_by_prompt
+from .batch import (
+    gen_config,
+    generate_batch,
+    generate_chunk,
+    generate_one,
+    generate_recompute,
+    left_pad,
+    pad_id,
+    rows_by_prompt,
+)
 from .check import SAMPLERS, pick_sampler
 from .sampling import GenSpec, Greedy, Sampler, generated_length, gumbel_noise, sample_rows, trim
 from .steer import RowEdit, RowSteer
@@ -26,6 +35,7 @@ __all__ = [
     "gen_config",
     "generate_batch",
     "generate_chunk",
+    "generate_one",
     "generate_recompute",
     "generated_length",
     "gumbel_noise",

@@ -108,6 +108,16 @@ def generate_batch(
     return out[:, ids.shape[1] :].cpu()  # (rows, <= G) new tokens
 
 
+def generate_one(lm: Any, enc: Any, max_new: int, *, sample: bool = False, seed: int = 0) -> list[int]:
+    """The new tokens of one tokenised prompt (`enc`: the tokenizer's output, on the input device): greedy,
+    or transformers' own sampling after torch.manual_seed(seed) (what `steerkit steer --sample` does).
+    Steering contexts active around the call apply to it."""
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = lm.model.generate(**enc, max_new_tokens=max_new, do_sample=sample, pad_token_id=lm.tokenizer.pad_token_id)
+    return [int(t) for t in out[0, enc["input_ids"].shape[1] :]]
+
+
 def generate_recompute(lm: Any, ids: torch.Tensor, processor: Any, gc: Any, stopping: Any = None) -> torch.Tensor:
     """generate()'s greedy loop without a cache (equal-length prompts, no padding): a full forward per
     token. Rows that emitted EOS (or that `stopping` ended) get pad tokens; every row's processor draws at
