@@ -86,8 +86,8 @@ def serve(
     click.echo(f"steerkit serve: {ctx.model_id}, {len(ctx.vectors.concepts)} concepts (layers "
                f"{','.join(map(str, ctx.vectors.layers))}; readout layer {ctx.default_layer}) from {ctx.run}")  # fmt: skip
     click.echo(f"API  {url}/v1  (OpenAI-compatible; {'API key required' if api_key else 'no API key'})")
-    click.echo(f"page {url}/")
     click.echo(f"engine: {how}, max batch {max_batch}, queue {max_queue}")
+    click.echo(f"page {url}/")
     config = uvicorn.Config(create_app(ctx, runner), log_level=os.environ.get("STEERKIT_LOG_LEVEL", "warning"),
                             timeout_graceful_shutdown=int(shutdown_timeout) or None, lifespan="on")  # fmt: skip
     server = _Server(config)
