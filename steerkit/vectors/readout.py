@@ -227,7 +227,9 @@ class ConceptVectors:
         return probe.log_probs(hidden) if probe is not None else self.scores(hidden, layer)
 
 
-def _load_probes(tensors: dict[str, torch.Tensor], meta: dict[str, Any], n_concepts: int, spath: Path) -> dict[int, Probe]:
+def _load_probes(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], n_concepts: int, spath: Path
+) -> dict[int, Probe]:
     """The probes of a version-2 file: all four tensors of a layer or none, shapes and finiteness
     checked (a bias may be -inf: a concept the probe never saw); C_reg and CV scores from the JSON."""
     from ..validate import check_finite
