@@ -79,8 +79,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"## Concepts at layer {best}",
         "",
-        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean, < 0.4 fragmented; null = median "
-        "ratio of 200 random sets of as many corpus texts); "
+        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean; fragmented when below the 5th "
+        "percentile of 200 random sets of as many corpus texts; null = their median ratio); "
         "erank = effective rank; agree = mean / min cosine of (story - negatives' mean) with the direction; "
         "neuron = best |cos| with an MLP down-projection column; R^2 = ridge fit from the other concepts.",
         "",

@@ -23,7 +23,7 @@ from ..vectors.readout import ConceptVectors
 from . import metrics as M
 from .heads import head_decomposition
 from .heldout import held_out_readout
-from .triage import CLEAN, FRAGMENTED, NEURON, REDUNDANT_R2, notes, triage
+from .triage import CLEAN, NEURON, NULL_PERCENTILE, REDUNDANT_R2, notes, triage
 
 FORMAT_VERSION = 1
 
@@ -168,7 +168,8 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
             "top_heads": cfg.top_heads,
             "thresholds": {
                 "clean": CLEAN,
-                "fragmented": FRAGMENTED,
+                "fragmented_below_null_percentile": NULL_PERCENTILE,
+                "poorly_read_binomial_p": NULL_PERCENTILE,
                 "redundant_r2": REDUNDANT_R2,
                 "single_neuron": NEURON,
             },
