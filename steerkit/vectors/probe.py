@@ -32,6 +32,7 @@ DEFAULT_C = 0.01  # when too few groups for cross-validation (measured best on S
 CV_SPLITS = 3
 MAX_ITER = 500
 TOL_GRAD = 1e-5  # max |gradient| at which L-BFGS-B stops (sklearn: tol = 1e-4); coefficients to ~1e-4 relative
+CV_TOL = 1e-4  # looser for the cross-validation fits, which only rank the values of C
 
 
 @dataclass(frozen=True)
@@ -96,11 +97,13 @@ def _fit(
     c_reg: float,
     n_concepts: int,
     init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    tol: float | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Fit on standardised rows z (R, H) float64 with concept y (R,) and row weight w (R,) ->
     weight (C, H), bias (C,) float64: the minimiser of sklearn's multinomial objective (lbfgs; its
     scaling: sum_i w_i CE_i / sum w + ||W||^2 / (2 C_reg sum w), the bias unpenalised). init: a
-    previous solution to start from (warm start). Concepts absent from y get a zero row and bias
+    previous solution to start from (warm start); tol: the gradient tolerance (default TOL_GRAD).
+    Concepts absent from y get a zero row and bias
     -inf (the loss would push their bias to -inf anyway)."""
     present = torch.unique(y)  # sorted
     weight = torch.zeros(n_concepts, z.shape[1], dtype=torch.float64)
@@ -133,7 +136,7 @@ def _fit(
         theta0 = torch.cat([init[0][present].reshape(-1), init[1][present]]).double().numpy()
     opt = scipy.optimize.minimize(
         loss_grad, theta0, method="L-BFGS-B", jac=True,
-        options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOL_GRAD, "ftol": 64 * np.finfo(float).eps},
+        options={"maxiter": MAX_ITER, "maxls": 50, "gtol": TOL_GRAD if tol is None else tol, "ftol": 64 * np.finfo(float).eps},
     )  # fmt: skip
     theta = torch.from_numpy(opt.x)
     W, b = theta[: k * h].view(k, h), theta[k * h :]
@@ -191,26 +194,29 @@ def fit_probe(
     z = ((a.float()[t] - mean) / scale).double()  # (R, H)
     g = (torch.arange(a.shape[0]) if groups is None else groups.long())[t]
     with _one_thread():
-        best, scores = _choose_c(z, y, w, g, sorted(float(c) for c in cs), n_splits, n_c)
-        weight, bias = _fit(z, y, w, best, n_c)
+        best, scores, init = _choose_c(z, y, w, g, sorted(float(c) for c in cs), n_splits, n_c)
+        weight, bias = _fit(z, y, w, best, n_c, init)
     return Probe(weight.float(), bias.float(), mean, scale, best, scores)
 
 
 def _choose_c(
     z: torch.Tensor, y: torch.Tensor, w: torch.Tensor, g: torch.Tensor, cs: list[float], n_splits: int, n_c: int
-) -> tuple[float, dict[str, float]]:
-    """C_reg with the best grouped-CV held-out log-likelihood, and every C_reg's score."""
-    scores: dict[str, float] = {}
-    if len(cs) > 1 and len(set(g.tolist())) >= n_splits:
-        ll = torch.zeros(len(cs), dtype=torch.float64)
-        for test in grouped_splits(g, n_splits):
-            init = None
-            for i, c in enumerate(cs):  # ascending C: each fit starts from the previous one
-                init = _fit(z[~test], y[~test], w[~test], c, n_c, init)
-                ll[i] += _loglik(z[test], y[test], w[test], *init)
-        ll /= w.sum()
-        best = cs[int(torch.argmax(ll))]  # argmax takes the first (smallest C) of equal scores
-        scores = {f"{c:g}": round(float(v), 4) for c, v in zip(cs, ll, strict=True)}
-    else:
-        best = cs[0] if len(cs) == 1 else DEFAULT_C
-    return best, scores
+) -> tuple[float, dict[str, float], tuple[torch.Tensor, torch.Tensor] | None]:
+    """C_reg with the best grouped-CV held-out log-likelihood, every C_reg's score, and the mean of
+    the folds' solutions at that C_reg (where they all saw every concept), to warm-start the final fit."""
+    if len(cs) == 1 or len(set(g.tolist())) < n_splits:
+        return (cs[0] if len(cs) == 1 else DEFAULT_C), {}, None
+    ll = torch.zeros(len(cs), dtype=torch.float64)
+    sols: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in cs]
+    for test in grouped_splits(g, n_splits):
+        init = None
+        for i, c in enumerate(cs):  # ascending C: each fit starts from the previous one
+            init = _fit(z[~test], y[~test], w[~test], c, n_c, init, tol=CV_TOL)
+            ll[i] += _loglik(z[test], y[test], w[test], *init)
+            sols[i].append(init)
+    ll /= w.sum()
+    i = int(torch.argmax(ll))  # the first (smallest C) of equal scores
+    start = None
+    if all(bool(torch.isfinite(b).all()) for _, b in sols[i]):
+        start = (torch.stack([s[0] for s in sols[i]]).mean(0), torch.stack([s[1] for s in sols[i]]).mean(0))
+    return cs[i], {f"{c:g}": round(float(v), 4) for c, v in zip(cs, ll, strict=True)}, start
