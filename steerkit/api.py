@@ -65,7 +65,8 @@ def quality_report(
 
 @dataclass(frozen=True)
 class Reading:
-    """What `read` found: per-token scores (n_tokens, n_concepts) and the pooled text's scores."""
+    """What `read` found: per-token scores (n_tokens, n_concepts) and the pooled text's scores
+    (`ConceptVectors.read_scores`: log-probabilities of the readout probe, or projections without one)."""
 
     layer: int
     tokens: list[str]
@@ -78,8 +79,9 @@ class Reading:
 
 
 def read(lm: LoadedModel, vectors: ConceptVectors, text: str, layer: int | None = None) -> Reading:
-    """Project `text`'s hidden states at `layer` (default: the vectors' best layer if known, else
-    the middle one) on every concept, centred as the readout was made."""
+    """Read `text`'s hidden states at `layer` (default: the vectors' best layer if known, else the
+    middle one) with `vectors.read_scores`: the readout probe's log-probabilities when the vectors
+    have one, else projections on every concept's unit vector, centred as the readout was made."""
     from .steering import read_tokens
 
     if not text.strip():

@@ -146,10 +146,11 @@ def steer(
 
 
 def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict[str, Any]:
-    """Project each token's hidden state at block `layer` on every concept's unit vector.
+    """Read each token's hidden state at block `layer` with `vectors.read_scores`: the readout
+    probe's log-probabilities when the readout has one, else projections on the unit vectors.
 
     Returns tokens (list[str]), scores (n_tokens, n_concepts) and pooled (n_concepts,): the
-    scores of the hidden states pooled as the readout was made (e.g. mean_after:1)."""
+    same reading of the hidden states pooled as the readout was made (e.g. mean_after:1)."""
     from .capture.pooling import parse_pooling, pool
 
     vectors.check_layer(layer)
@@ -182,6 +183,6 @@ def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict
     pooled = pool(h[None], torch.ones(1, h.shape[0]), parse_pooling(vectors.meta.get("pooling", "mean")))[0]
     return {
         "tokens": [lm.tokenizer.decode([t]) for t in enc.input_ids[0].tolist()],
-        "scores": vectors.scores(h, layer),
-        "pooled": vectors.scores(pooled, layer),
+        "scores": vectors.read_scores(h, layer),
+        "pooled": vectors.read_scores(pooled, layer),
     }

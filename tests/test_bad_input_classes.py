@@ -252,7 +252,7 @@ READOUT_JSON_CASES = [
     ("empty-concepts", lambda m: {**m, "concepts": []}, "concepts must hold at least 1"),
     ("repeated-concepts", lambda m: {**m, "concepts": ["calm", "calm", "sad"]}, "concepts must not repeat"),
     ("hidden-string", lambda m: {**m, "hidden_size": "32"}, "hidden_size must be an integer"),
-    ("version-2", lambda m: {**m, "format_version": 2}, "format_version 2"),
+    ("version-3", lambda m: {**m, "format_version": 3}, "format_version 3"),
     ("model-list", lambda m: {**m, "model": ["x"]}, "model must be an object"),
     ("no-model", lambda m: {k: v for k, v in m.items() if k != "model"}, "names no model (model.spec); pass the model"),
 ]

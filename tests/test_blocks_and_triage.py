@@ -8,7 +8,7 @@ from click.testing import CliRunner
 from steerkit.capture.layers import BlockSpec, check_blocks, default_spread, parse_layers
 from steerkit.cli import main
 from steerkit.errors import LayerSpecError
-from steerkit.quality.triage import notes, poorly_read_threshold, triage
+from steerkit.quality.triage import binomial_tail, notes, triage
 
 
 @pytest.mark.parametrize(
@@ -93,30 +93,38 @@ def _report(n_concepts: int, top3: list[float], ratio: float = 0.5, null_median:
     return {"best_layer": 2, "n_concepts": n_concepts, "layers": {"2": {"concepts": concepts}}}
 
 
-def test_poorly_read_threshold():
-    assert poorly_read_threshold(49) == pytest.approx(9 / 49)  # three times chance
-    assert poorly_read_threshold(9) == pytest.approx(2 / 3)  # capped halfway between chance and 1
-    assert poorly_read_threshold(3) == 1.0 and poorly_read_threshold(2) == 1.0
+def test_binomial_tail_equals_scipy():
+    from scipy.stats import binom
+
+    for k, n, p in [(0, 8, 0.5), (5, 8, 0.5), (2, 20, 3 / 49), (20, 20, 0.1), (3, 10, 0.3)]:
+        assert binomial_tail(k, n, p) == pytest.approx(binom.sf(k - 1, n, p), rel=1e-9, abs=1e-15)
 
 
-def test_poorly_read_does_not_flag_every_concept_when_few():
-    """The old rule (top3 < min(1, 3/n) * 3) flagged every concept below 100% when n <= 9."""
-    buckets = triage(_report(6, [0.9, 0.8, 0.75, 0.6, 0.3, 1.0]))
-    assert [e["concept"] for e in buckets["poorly_read"]] == ["c3", "c4"]  # below 75% (chance 50%)
-    assert triage(_report(3, [1.0, 1.0, 1.0]))["poorly_read"] == []
-    many = triage(_report(49, [0.1] + [0.9] * 48))
+def test_poorly_read_is_judged_against_chance():
+    """Flagged only where the hits are not above chance at 5% (binomial), whatever the number of concepts."""
+    buckets = triage(_report(6, [1.0, 0.875, 0.75, 0.625, 0.375, 1.0]))  # 8 texts each, chance 50%
+    # P(>= 8 of 8) = 0.004, P(>= 7) = 0.035, P(>= 6) = 0.145, P(>= 5) = 0.36, P(>= 3) = 0.86
+    assert [e["concept"] for e in buckets["poorly_read"]] == ["c2", "c3", "c4"]
+    assert "p = 0.14" in buckets["poorly_read"][0]["why"]
+    assert triage(_report(3, [0.0, 1.0, 1.0]))["poorly_read"] == []  # top-3 of 3 is always right
+    many = triage(_report(49, [0.125] + [0.5] * 48))  # chance 6%: 1 of 8 is luck, 4 of 8 is not
     assert [e["concept"] for e in many["poorly_read"]] == ["c0"]
 
 
-def test_triage_buckets():
+def test_fragmented_is_judged_against_the_null():
+    """Planted: every ratio is 0.2 (below the old 0.4 cut); only the two concepts below the 5th
+    percentile of their random-set null are fragmented."""
+    rep = _report(49, [0.9] * 49, ratio=0.2, null_median=0.3)
+    for i, e in enumerate(rep["layers"]["2"]["concepts"].values()):
+        e["first_pc_null"]["percentile"] = 0.01 if i in (3, 7) else 0.5
+    frag = triage(rep)["fragmented"]
+    assert [e["concept"] for e in frag] == ["c3", "c7"] and "median 30%" in frag[0]["why"]
     clean = triage(_report(4, [1.0] * 4, ratio=0.8))
     assert len(clean["clean"]) == 4 and not clean["fragmented"]
-    frag = triage(_report(4, [1.0] * 4, ratio=0.2, null_median=0.3))
-    assert len(frag["fragmented"]) == 4 and "median 30%" in frag["fragmented"][0]["why"]
+    assert not triage(_report(4, [1.0] * 4, ratio=0.2))["fragmented"]  # no null: no flag
 
 
 def test_notes_name_the_null():
     out = notes(_report(10, [1.0] * 10, ratio=0.2, null_median=0.3))
-    assert len(out) == 1 and "median 30%" in out[0] and "c0" in out[0]
-    assert notes(_report(10, [1.0] * 10, ratio=0.2, null_median=0.5)) == []  # the cut lies below the null
+    assert len(out) == 1 and "median 30%" in out[0] and "c0" in out[0] and "0.5 of 10" in out[0]
     assert notes(_report(10, [1.0] * 10)) == []  # no null computed

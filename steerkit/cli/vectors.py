@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 @click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
 @click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight (tests).")
 @click.option("--no-cache", is_flag=True, help="Do not use the activation cache.")
+@click.option("--no-probe", is_flag=True, help="Do not fit the readout probe (`read` then projects on the vectors).")
 def extract(
     stories: str,
     model: str | None,
@@ -67,6 +68,7 @@ def extract(
     no_preflight: bool,
     allow_untrained: bool,
     no_cache: bool,
+    no_probe: bool,
 ) -> None:
     """Concept vectors from a story corpus -> a run folder (readout + activations)."""
     from ..errors import SteerkitError
@@ -86,6 +88,7 @@ def extract(
             preflight=not no_preflight,
             allow_untrained=allow_untrained,
             cache=not no_cache,
+            probe=not no_probe,
         )
     except ValueError as e:
         raise SteerkitError(str(e)) from e
@@ -234,7 +237,8 @@ def read(
     vectors_dir: str, text: str | None, file_: str | None, layer: int | None, top: int, as_json: bool,
     model: str | None, placement: Placement,
 ) -> None:  # fmt: skip
-    """Project each token's hidden state on every concept; print the top concepts."""
+    """Read each token's hidden state (the run's readout probe, log-probabilities; projections on the
+    vectors for a run without one); print the top concepts per token and pooled."""
     from ..errors import SteerkitError
     from ..models import load
     from ..steering import read_tokens
@@ -274,12 +278,14 @@ def read(
         for t, row in zip(r["tokens"], r["scores"], strict=True)
     ]
     pooled = [[cv.concepts[i], round(float(s), 3)] for s, i in zip(*pooled_top, strict=True)]
+    reader = "probe" if layer in cv.probes else "vectors"
     if as_json:
-        click.echo(json.dumps({"layer": layer, "pooled": pooled, "tokens": per_token}, indent=1))
+        click.echo(json.dumps({"layer": layer, "reader": reader, "pooled": pooled, "tokens": per_token}, indent=1))
         return
     from rich.table import Table
 
-    t = Table("token", *[f"#{j + 1}" for j in range(k)], title=f"layer {layer}")
+    how = "probe log-probabilities" if reader == "probe" else "projections on the vectors"
+    t = Table("token", *[f"#{j + 1}" for j in range(k)], title=f"layer {layer} ({how})")
     for row in per_token:
         t.add_row(repr(row["token"]), *[f"{c} {s:+.2f}" for c, s in row["top"]])
     console().print(t)

@@ -52,6 +52,7 @@ def held_out_readout(
     k_folds: int = 5,
     seed: int = 0,
     vector_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    scorer_fn: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
 ) -> HeldOutReadout:
     """Does the CAA vector read a concept in text it was not built from? acts (N, H); labels (N,)
     long, c in [0, C) or -1 for unlabelled texts (e.g. baselines: a negative of every concept,
@@ -61,7 +62,10 @@ def held_out_readout(
     v_c . (x - mean of the training texts) and is read as the argmax. A concept without training positives in a fold (fewer texts than
     folds) cannot be predicted in that fold (score -inf).
     vector_fn: for another vector method, a function of the training mask (N,) bool returning
-    (C, H) vectors built from those texts only (rows are unit-normalised here); default CAA."""
+    (C, H) vectors built from those texts only (rows are unit-normalised here); default CAA.
+    scorer_fn: for a readout that is not a projection (the readout probe), a function of the
+    training mask (N,) bool returning a reader fitted on those texts only, (n, H) -> (n, C) scores;
+    it replaces the vectors (a concept it cannot read scores -inf)."""
     a = as_f32(acts)
     lab = torch.as_tensor(labels).detach().to("cpu", torch.long)
     if a.ndim != 2 or lab.shape != (a.shape[0],):
@@ -91,7 +95,10 @@ def held_out_readout(
         v = unit_rows(pos_sum / pos_n - (tr_sum - pos_sum) / (tr_n - pos_n))  # (C, H); NaN if pos_n == 0
         if vector_fn is not None:  # another vector method, built from the training texts only
             v = unit_rows(as_f32(vector_fn(~test))).masked_fill(pos_n == 0, float("nan"))
-        scores = (a[test] - tr_sum / tr_n) @ v.T  # (N_test, C)
+        if scorer_fn is not None:  # fitted on the training texts only, then applied to the test fold
+            scores = as_f32(scorer_fn(~test)(a[test]))  # (N_test, C)
+        else:
+            scores = (a[test] - tr_sum / tr_n) @ v.T  # (N_test, C)
         top = torch.topk(scores.nan_to_num(nan=float("-inf")), min(3, c), dim=1).indices
         truth = lab[test].unsqueeze(1)
         predicted[test] = top[:, 0]

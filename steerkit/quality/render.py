@@ -55,24 +55,32 @@ def markdown(report: dict[str, Any]) -> str:
         if len(items) > 25:
             lines.append(f"- ... and {len(items) - 25} more (quality.json)")
         lines.append("")
+    probe = any(e["heldout"].get("reader") == "probe" for e in report["layers"].values())
+    how = (
+        "a readout probe refitted on the training folds (C by grouped CV inside them), held-out stories read as its "
+        "argmax; the vectors' own readout (argmax projection) beside it"
+        if probe
+        else "vectors from the training folds, held-out stories classified by the argmax projection"
+    )
     lines += [
         "## Held-out readout by layer",
         "",
-        f"{report['settings']['k_folds']}-fold over stories (seed {report['settings']['seed']}): vectors from the "
-        "training folds, held-out stories classified by the argmax projection.",
+        f"{report['settings']['k_folds']}-fold over stories (seed {report['settings']['seed']}): {how}.",
         "",
-        "| layer | top-1 | top-3 |",
-        "|---|---|---|",
+        "| layer | top-1 | top-3 | vectors top-1 | vectors top-3 |" if probe else "| layer | top-1 | top-3 |",
+        "|---|---|---|---|---|" if probe else "|---|---|---|",
     ]
     for la, e in report["layers"].items():
         mark = " (best)" if int(la) == best else ""
-        lines.append(f"| {la}{mark} | {_pct(e['heldout']['top1'])} | {_pct(e['heldout']['top3'])} |")
+        h = e["heldout"]
+        extra = f" {_pct(h.get('vectors_top1'))} | {_pct(h.get('vectors_top3'))} |" if probe else ""
+        lines.append(f"| {la}{mark} | {_pct(h['top1'])} | {_pct(h['top3'])} |{extra}")
     lines += [
         "",
         f"## Concepts at layer {best}",
         "",
-        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean, < 0.4 fragmented; null = median "
-        "ratio of 200 random sets of as many corpus texts); "
+        "ratio = first-PC variance ratio of the centred positives (> 0.7 clean; fragmented when below the 5th "
+        "percentile of 200 random sets of as many corpus texts; null = their median ratio); "
         "erank = effective rank; agree = mean / min cosine of (story - negatives' mean) with the direction; "
         "neuron = best |cos| with an MLP down-projection column; R^2 = ridge fit from the other concepts.",
         "",

@@ -23,7 +23,7 @@ from ..version import __version__
 from . import metrics as M
 from .heads import head_decomposition
 from .heldout import held_out_readout
-from .triage import CLEAN, FRAGMENTED, NEURON, REDUNDANT_R2, notes, triage
+from .triage import CLEAN, NEURON, NULL_PERCENTILE, REDUNDANT_R2, notes, triage
 
 FORMAT_VERSION = 1
 
@@ -168,7 +168,8 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
             "top_heads": cfg.top_heads,
             "thresholds": {
                 "clean": CLEAN,
-                "fragmented": FRAGMENTED,
+                "fragmented_below_null_percentile": NULL_PERCENTILE,
+                "poorly_read_binomial_p": NULL_PERCENTILE,
                 "redundant_r2": REDUNDANT_R2,
                 "single_neuron": NEURON,
             },
@@ -205,6 +206,11 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     held = held_out_readout(
         acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed, vector_fn=_method_fn(data, layer, pos)
     )
+    held_vectors = None
+    if layer in cv.probes:  # what `read` uses: the probe, refitted inside each fold on its training texts
+        held_vectors = held
+        held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed,
+                                scorer_fn=_probe_fn(data, layer, pos))  # fmt: skip
     concepts: dict[str, Any] = {}
     for c, name in enumerate(names):
         lowest = []
@@ -256,6 +262,12 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
             "top3": _f(held.top3_overall),
             "chance_top1": _f(1 / len(names)),
             "chance_top3": _f(min(1.0, 3 / len(names))),
+            "reader": "vectors" if held_vectors is None else "probe",
+            **(
+                {}
+                if held_vectors is None
+                else {"vectors_top1": _f(held_vectors.top1_overall), "vectors_top3": _f(held_vectors.top3_overall)}
+            ),
         },
         "heads_skipped": skipped[0]["reason"] if skipped and layer not in data.heads else None,
         "top_heads_used": k_heads,
@@ -272,12 +284,26 @@ def _method_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
     method = get_method(str(data.vectors.meta.get("method", "caa")))
     if method.name == "caa" or (method.needs_neutral and layer not in data.neutral):
         return None
+    x = MethodInputs(data.resid[layer], pos, ~pos, _scenarios(data), data.neutral.get(layer))
+    return lambda train: method.fn(x.subset(train))[0]
+
+
+def _scenarios(data: RunData) -> torch.Tensor:
+    """(N,) paired-scenario id of each text of the run, -1 outside scenarios."""
     scen_names = sorted({s["scenario"] for t in data.texts for s in t["sources"] if s.get("scenario")})
-    scenario = torch.tensor(
+    return torch.tensor(
         [next((scen_names.index(s["scenario"]) for s in t["sources"] if s.get("scenario")), -1) for t in data.texts]
     )
-    x = MethodInputs(data.resid[layer], pos, ~pos, scenario, data.neutral.get(layer))
-    return lambda train: method.fn(x.subset(train))[0]
+
+
+def _probe_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
+    """The held-out readout of a run with a readout probe: within each fold, a probe fitted as
+    extract fits it (standardisation, C_reg by grouped CV) on the training texts only."""
+    from ..vectors.probe import fit_probe, story_groups
+
+    groups = story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
+    acts = data.resid[layer]
+    return lambda train: fit_probe(acts[train], pos[:, train], groups[train]).log_probs
 
 
 def top_k_heads(n_heads: int, top: int) -> int:

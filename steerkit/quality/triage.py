@@ -1,20 +1,37 @@
 """Triage and notes of a quality report: which concepts are clean, fragmented, redundant,
 outlier-heavy, poorly read or single-neuron at the best layer, and the caveats that change how
-those buckets read. Pure functions of the quality.json dict."""
+those buckets read. Pure functions of the quality.json dict.
+
+"Fragmented" and "poorly read" are calibrated against a null, so that they flag what is unusual:
+fragmented = the concept's first-PC ratio is below the NULL_PERCENTILE (5th) percentile of random
+text sets of the same size (`first_pc_null`); poorly read = its held-out top-3 hits are not above
+chance at that level (one-sided binomial test against 3 / C, p >= 0.05)."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 CLEAN, FRAGMENTED, REDUNDANT_R2, NEURON = 0.7, 0.4, 0.9, 0.6
+NULL_PERCENTILE = 0.05  # a flag fires where the null puts the concept in its lowest 5%
 
 
-def poorly_read_threshold(n_concepts: int) -> float:
-    """Held-out top-3 below which a concept counts as poorly read: three times chance (3 / C), but
-    at most halfway from chance to perfect, so that with few concepts (C <= 9, where 3x chance is
-    100%) not every concept is flagged, and with C <= 3 (top-3 always right) none is."""
+def binomial_tail(k: int, n: int, p: float) -> float:
+    """P(X >= k) for X ~ Binomial(n, p): the chance of reading k or more of n texts by luck."""
+    if k <= 0:
+        return 1.0
+    if p >= 1.0:
+        return 1.0
+    return float(sum(math.comb(n, j) * p**j * (1 - p) ** (n - j) for j in range(k, n + 1)))
+
+
+def is_poorly_read(top3: float, n: int, n_concepts: int) -> bool:
+    """Held-out top-3 not above chance at the 5% level: P(hits >= observed | chance 3 / C) >= 0.05.
+    With C <= 3 (top-3 always right) nothing is poorly read."""
     chance = min(1.0, 3 / n_concepts)
-    return min(3 * chance, (1 + chance) / 2)
+    if chance >= 1.0 or n < 1:
+        return False
+    return binomial_tail(round(top3 * n), n, chance) >= NULL_PERCENTILE
 
 
 def notes(report: dict[str, Any]) -> list[str]:
@@ -24,14 +41,14 @@ def notes(report: dict[str, Any]) -> list[str]:
     out: list[str] = []
     if nulls:
         med = sorted(n["median"] for n in nulls)[len(nulls) // 2]
-        if med < FRAGMENTED:
-            above = sorted(c for c, e in layer.items() if (e.get("first_pc_null") or {}).get("percentile", 0) >= 0.95)
-            out.append(
-                f"random sets of texts from this corpus also have a first-PC ratio below {FRAGMENTED} (median "
-                f"{med:.0%}), so 'fragmented' marks the norm here, not a defect; concepts whose positives are more "
-                f"one-directional than 95% of random sets: {', '.join(above) if above else 'none'} (chance alone "
-                f"would put about {0.05 * len(nulls):.1f} of {len(nulls)} there)"
-            )
+        above = sorted(c for c, e in layer.items() if (e.get("first_pc_null") or {}).get("percentile", 0) >= 0.95)
+        out.append(
+            f"'fragmented' is judged against random sets of as many texts from this corpus (their first-PC ratio: "
+            f"median {med:.0%}), not a fixed cut: a concept is flagged when its ratio lies below "
+            f"{NULL_PERCENTILE:.0%} of them (chance alone flags about {NULL_PERCENTILE * len(nulls):.1f} of "
+            f"{len(nulls)}); concepts whose positives are more one-directional than 95% of random sets: "
+            f"{', '.join(above) if above else 'none'}"
+        )
     return out
 
 
@@ -49,13 +66,13 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
             out["clean"].append(
                 {"concept": name, "why": f"first PC holds {ratio:.0%} of the variance", "suggestion": "none"}
             )
-        if ratio is not None and ratio < FRAGMENTED:
-            nl = e.get("first_pc_null")
-            vs = f"; random sets of {e['n_positives']} texts: median {nl['median']:.0%}" if nl else ""
+        nl = e.get("first_pc_null")
+        if ratio is not None and nl and nl.get("percentile") is not None and nl["percentile"] < NULL_PERCENTILE:
+            vs = f"random sets of {e['n_positives']} texts: median {nl['median']:.0%}, {nl['percentile']:.0%} below it"
             out["fragmented"].append(
                 {
                     "concept": name,
-                    "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']}{vs})",
+                    "why": f"first PC holds {ratio:.0%} (effective rank {e['effective_rank']}; {vs})",
                     "suggestion": f"{name}: its stories vary more in other ways than in this feeling; reread the least "
                     f"aligned ({', '.join(x['where'] for x in e['agreement']['lowest'])}) or add stories that share "
                     "the feeling but not the setting",
@@ -80,12 +97,15 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                     "suggestion": f"reread {where}: mislabelled or off-topic?",
                 }
             )
-        if top3 is not None and top3 < poorly_read_threshold(n):
+        n_held = int(e["heldout"].get("n") or 0)
+        if top3 is not None and is_poorly_read(top3, n_held, n):
             near = e["nearest"][0]["concept"] if e["nearest"] else "?"
+            p_luck = binomial_tail(round(top3 * n_held), n_held, min(1.0, 3 / n))
             out["poorly_read"].append(
                 {
                     "concept": name,
-                    "why": f"held-out top-3 {top3:.0%} (chance {min(1.0, 3 / n):.0%})",
+                    "why": f"held-out top-3 {top3:.0%} of {n_held} (chance {min(1.0, 3 / n):.0%}; as good by luck: "
+                    f"p = {p_luck:.2f})",
                     "suggestion": f"{name}: held-out stories are read as other concepts (nearest vector: {near}); "
                     "add stories with stronger, more specific cues",
                 }

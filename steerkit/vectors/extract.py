@@ -37,6 +37,7 @@ from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
 from ..version import __version__
 from .methods import MethodInputs, get_method
+from .probe import fit_probe, story_groups
 from .readout import ConceptVectors
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class ExtractConfig:
     preflight: bool = True
     allow_untrained: bool = False
     cache: bool = True
+    probe: bool = True  # also fit the multinomial readout probe per layer (docs/vectors.md)
 
     def __post_init__(self) -> None:
         get_method(self.method)
@@ -107,6 +109,7 @@ class Extraction:
     vectors: ConceptVectors
     capture: CaptureResult
     n_texts: int  # labelled texts; capture rows after them are the neutral texts
+    probe_seconds: float = 0.0  # time spent fitting the readout probes
 
 
 def vectors_from_texts(
@@ -124,8 +127,10 @@ def vectors_from_texts(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     sites: tuple[str, ...] = ("resid",),
+    probe: bool = True,
 ) -> Extraction:
-    """Capture `texts` (+ `neutral`) and build one vector per concept at each layer.
+    """Capture `texts` (+ `neutral`) and build one vector per concept at each layer, and with
+    `probe` the readout probe (probe.py; texts of one scenario, or identical texts, share a CV group).
     pos (C, N) bool: the positives of each concept; every other text is a negative."""
     m = get_method(method)
     if m.needs_neutral and not neutral:
@@ -145,13 +150,17 @@ def vectors_from_texts(
         x = MethodInputs(acts[:n], pos, ~pos, scenario, acts[n:] if neutral else None)
         vecs[layer], norms[layer] = m.fn(x)
         centers[layer] = acts[:n].mean(0)
+    t0 = time.perf_counter()
+    groups = story_groups(texts, scenario)
+    probes = {layer: fit_probe(res.resid[layer][:n], pos, groups) for layer in res.layers} if probe else {}
+    probe_s = time.perf_counter() - t0
     model_meta = {k: lm.info.get(k) for k in ("spec", "family", "model_type", "fingerprint")}
     cv = ConceptVectors(
         list(names), list(res.layers), vecs, norms, centers=centers,
         meta={"model": model_meta | {"n_blocks": lm.adapter.n_blocks(lm.model)}, "method": method,
-              "pooling": res.pooling, "created_by": f"steerkit {__version__}"},
+              "pooling": res.pooling, "created_by": f"steerkit {__version__}"}, probes=probes,
     )  # fmt: skip
-    return Extraction(cv, res, n)
+    return Extraction(cv, res, n, probe_s)
 
 
 def extract_vectors(
@@ -164,17 +173,20 @@ def extract_vectors(
     pooling: Pooling | str = DEFAULT_POOLING,
     neutral: Sequence[str] = (),
     max_batch_tokens: int = 1024,
+    probe: bool = True,
 ) -> ConceptVectors:
     """Concept vectors in memory (the notebook API): one label per text (a concept name, a set of
     names, or None for a text that is only a negative). layers: block indices or a spec string
-    (default: 8 blocks over 25%-85% of depth); method: a name in METHODS."""
+    (default: 8 blocks over 25%-85% of depth); method: a name in METHODS; probe: also fit the
+    readout probe that `read` uses (identical texts share a CV group)."""
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     n_blocks = lm.adapter.n_blocks(lm.model)
     blocks = default_spread(n_blocks) if layers is None else parse_layers(layers, n_blocks)
     names, pos = label_membership(labels)
     return vectors_from_texts(lm, texts, names, pos, neutral=neutral, layers=blocks, method=method,
-                              pooling=parse_pooling(pooling), max_batch_tokens=max_batch_tokens).vectors  # fmt: skip
+                              pooling=parse_pooling(pooling), max_batch_tokens=max_batch_tokens,
+                              probe=probe).vectors  # fmt: skip
 
 
 def _clear_previous_run(out: Path) -> None:
@@ -225,9 +237,9 @@ def extract(
         lm, [t.text for t in corpus.texts], corpus.names, pos, scenario=scenario,
         neutral=[t.text for t in corpus.neutral], layers=layers, method=cfg.method, pooling=cfg.pooling,
         max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
-        progress=progress, sites=("resid", "heads"),
+        progress=progress, sites=("resid", "heads"), probe=cfg.probe,
     )  # fmt: skip
-    capture_s = time.perf_counter() - t1
+    capture_s = time.perf_counter() - t1 - ex.probe_seconds
     res, n = ex.capture, ex.n_texts
     out.mkdir(parents=True, exist_ok=True)
     _clear_previous_run(out)
@@ -256,6 +268,7 @@ def extract(
     cv.save(out, dtype=cfg.dtype)
     stats = dict(res.stats)
     stats["capture_seconds"] = round(capture_s, 2)
+    stats["probe_seconds"] = round(ex.probe_seconds, 2)
     stats["texts_per_second"] = round(stats["n_computed"] / capture_s, 2) if stats["n_computed"] else None
     finish_run(
         out,

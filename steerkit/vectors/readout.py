@@ -4,8 +4,11 @@ readout.safetensors: `layer_<idx>.vectors` (n_concepts, hidden), unit rows, floa
 (bf16/fp16 on request), `layer_<idx>.norms` (n_concepts,) raw diff-of-means norms, and optionally
 `layer_<idx>.center` (hidden,): the mean activation of all corpus texts, subtracted before
 reading so that a concept's score does not include its alignment with the mean activation.
+Version 2 adds an optional readout probe per layer (probe.py): `layer_<idx>.probe.weight` (n_concepts,
+hidden), `.probe.bias` (n_concepts,), `.probe.mean` and `.probe.scale` (hidden,), float32.
 readout.json: format_version, concepts (row order of every tensor), layers, hidden_size, dtype,
-model {spec, family, fingerprint}, method, pooling, corpus {path, sha256, n_texts}, created_by.
+model {spec, family, fingerprint}, method, pooling, corpus {path, sha256, n_texts}, created_by, and
+with probes `probe` {kind, output, layers {idx: {c, cv}}}. Version 1 files (no probe) read as before.
 """
 
 from __future__ import annotations
@@ -20,8 +23,11 @@ import torch
 
 from ..errors import ReadoutError
 from ..io import atomic_save_safetensors, atomic_write_bytes
+from .probe import Probe
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+PROBE_PARTS = ("weight", "bias", "mean", "scale")
 DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -33,6 +39,7 @@ class ConceptVectors:
     norms: dict[int, torch.Tensor]  # layer -> (n_concepts,)
     meta: dict[str, Any] = field(default_factory=dict)
     centers: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (hidden,)
+    probes: dict[int, Probe] = field(default_factory=dict)  # layer -> readout probe (read_scores)
 
     @property
     def hidden_size(self) -> int:
@@ -66,8 +73,18 @@ class ConceptVectors:
             tensors[f"layer_{layer}.norms"] = self.norms[layer].float()
             if layer in self.centers:
                 tensors[f"layer_{layer}.center"] = self.centers[layer].float()
+            if layer in self.probes:
+                for part in PROBE_PARTS:
+                    tensors[f"layer_{layer}.probe.{part}"] = getattr(self.probes[layer], part).float().contiguous()
+        meta = {k: v for k, v in self.meta.items() if k != "probe"}
+        if self.probes:
+            meta["probe"] = {
+                "kind": "multinomial_logistic",
+                "output": "log_probabilities",
+                "layers": {str(la): {"c": p.c_reg, "cv": p.cv} for la, p in sorted(self.probes.items())},
+            }
         meta = {
-            **self.meta,
+            **meta,
             "format_version": FORMAT_VERSION,
             "concepts": self.concepts,
             "layers": self.layers,
@@ -91,11 +108,11 @@ class ConceptVectors:
                 f"{d} has no readout.json/readout.safetensors; pass a folder written by `steerkit extract`"
             )
         meta = read_json(jpath, "readout", ReadoutError)
-        if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
+        if not isinstance(meta, dict) or meta.get("format_version") not in READABLE_VERSIONS:
             check_schema(meta, {"type": "object", "required": ["format_version"]}, str(jpath), ReadoutError)
             raise ReadoutError(
-                f"{jpath} has format_version {meta.get('format_version')!r}; this steerkit reads {FORMAT_VERSION}: "
-                "re-run `steerkit extract`"
+                f"{jpath} has format_version {meta.get('format_version')!r}; this steerkit reads "
+                f"{' and '.join(map(str, READABLE_VERSIONS))}: re-run `steerkit extract`"
             )
         check_schema(meta, READOUT_SCHEMA, str(jpath), ReadoutError)
         try:
@@ -122,10 +139,11 @@ class ConceptVectors:
                 if c.shape != (meta.get("hidden_size"),):
                     raise ReadoutError(f"{spath}: layer_{layer}.center has shape {tuple(c.shape)}, not (hidden_size,)")
                 centers[layer] = check_finite(c, f"layer_{layer}.center", spath, ReadoutError, fix).float()
+        probes = _load_probes(tensors, meta, len(concepts), spath) if meta["format_version"] >= 2 else {}
         extra = {k for k in tensors if not any(k.startswith(f"layer_{la}.") for la in layers)}
         if extra:
             raise ReadoutError(f"{spath} has tensors not listed in readout.json: {', '.join(sorted(extra)[:3])}")
-        return cls(concepts, layers, vectors, norms, meta, centers)
+        return cls(concepts, layers, vectors, norms, meta, centers, probes)
 
     # ---- arithmetic: every operation returns a new object, the operands are never changed ------------
     def select(self, concepts: str | list[str]) -> ConceptVectors:
@@ -135,7 +153,7 @@ class ConceptVectors:
         return ConceptVectors(
             names, list(self.layers), {la: v[idx].clone() for la, v in self.vectors.items()},
             {la: n[idx].clone() for la, n in self.norms.items()}, dict(self.meta),
-            {la: c.clone() for la, c in self.centers.items()},
+            {la: c.clone() for la, c in self.centers.items()}, {la: p.select(idx) for la, p in self.probes.items()},
         )  # fmt: skip
 
     def __getitem__(self, concept: str | list[str]) -> ConceptVectors:
@@ -147,10 +165,11 @@ class ConceptVectors:
 
     @classmethod
     def from_raw(cls, concepts: list[str], raw: dict[int, torch.Tensor], like: ConceptVectors) -> ConceptVectors:
-        """A set from raw vectors {layer: (n_concepts, hidden)}, with `like`'s meta and centers."""
+        """A set from raw vectors {layer: (n_concepts, hidden)}, with `like`'s meta and centers (no
+        probe: its concepts are new, so read_scores falls back to `scores`)."""
         norms = {la: r.float().norm(dim=1) for la, r in raw.items()}
         units = {la: r.float() / norms[la].clamp(min=1e-12).unsqueeze(1) for la, r in raw.items()}
-        meta = {**like.meta, "method": "arithmetic"}
+        meta = {**{k: v for k, v in like.meta.items() if k != "probe"}, "method": "arithmetic"}
         return cls(list(concepts), sorted(raw), units, norms, meta, {la: c.clone() for la, c in like.centers.items()})
 
     def mix(self, weights: dict[str, float], name: str | None = None) -> ConceptVectors:
@@ -197,3 +216,46 @@ class ConceptVectors:
         if layer in self.centers:
             h = h - self.centers[layer]
         return h @ self.vectors[layer].float().t()
+
+    def read_scores(self, hidden: torch.Tensor, layer: int) -> torch.Tensor:
+        """What a readout reads, (..., hidden) -> (..., n_concepts): the readout probe's
+        log-probabilities log p(concept | h) when the file has a probe at `layer` (the same function
+        for one token's hidden state and for a pooled text), else `scores` (centred projections on
+        the unit vectors). Steering never uses the probe."""
+        self.check_layer(layer)
+        probe = self.probes.get(layer)
+        return probe.log_probs(hidden) if probe is not None else self.scores(hidden, layer)
+
+
+def _load_probes(
+    tensors: dict[str, torch.Tensor], meta: dict[str, Any], n_concepts: int, spath: Path
+) -> dict[int, Probe]:
+    """The probes of a version-2 file: all four tensors of a layer or none, shapes and finiteness
+    checked (a bias may be -inf: a concept the probe never saw); C_reg and CV scores from the JSON."""
+    from ..validate import check_finite
+
+    fix = "the file is corrupt: re-run `steerkit extract`"
+    hidden = meta.get("hidden_size")
+    info = (meta.get("probe") or {}).get("layers") or {}
+    probes: dict[int, Probe] = {}
+    shapes = {"weight": (n_concepts, hidden), "bias": (n_concepts,), "mean": (hidden,), "scale": (hidden,)}
+    for layer in meta["layers"]:
+        found = {p: tensors[k] for p in PROBE_PARTS if (k := f"layer_{layer}.probe.{p}") in tensors}
+        if not found:
+            continue
+        for p in PROBE_PARTS:
+            t = found.get(p)
+            if t is None or tuple(t.shape) != shapes[p]:
+                got = "missing" if t is None else f"shape {tuple(t.shape)}"
+                raise ReadoutError(f"{spath}: layer_{layer}.probe.{p} is {got}, not {shapes[p]}; {fix}")
+            if p != "bias":
+                check_finite(t, f"layer_{layer}.probe.{p}", spath, ReadoutError, fix)
+        bias, scale = found["bias"], found["scale"]
+        if bool(torch.isnan(bias).any() or torch.isposinf(bias).any() or (scale <= 0).any()):
+            raise ReadoutError(f"{spath}: layer_{layer}.probe has a NaN or +inf bias or a scale <= 0; {fix}")
+        entry = info.get(str(layer)) or {}
+        probes[layer] = Probe(
+            found["weight"].float(), bias.float(), found["mean"].float(), scale.float(),
+            c_reg=float(entry.get("c", float("nan"))), cv=dict(entry.get("cv") or {}),
+        )  # fmt: skip
+    return probes
