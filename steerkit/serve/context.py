@@ -43,10 +43,15 @@ class ServeContext:
 
         return model_context(self.lm.model)
 
+    def readout_kind(self, layer: int) -> str:
+        """log_prob where the run has a readout probe at `layer` (read_scores gives log p(concept | h)),
+        else projection (centred projections on the unit vectors)."""
+        return "log_prob" if layer in getattr(self.vectors, "probes", {}) else "projection"
+
     def reader(self, layer: int, idx: list[int]) -> Any:
         """(n, hidden) residuals at `layer` -> (n, len(idx)) scores, exactly as `read` computes them."""
         cv = self.vectors
-        score = getattr(cv, "read_scores", None) or cv.scores
+        score = cv.read_scores
         sel = torch.tensor(idx, dtype=torch.long)
 
         def fn(h: torch.Tensor) -> torch.Tensor:
@@ -62,6 +67,7 @@ class ServeContext:
             "concepts": list(cv.concepts),
             "layers": list(cv.layers),
             "readout_layer": self.default_layer,
+            "readout_kind": {str(la): self.readout_kind(la) for la in cv.layers},
             "steer_layer": self.default_layer,
             "pooling": cv.meta.get("pooling"),
             "method": cv.meta.get("method"),

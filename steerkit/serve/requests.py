@@ -184,9 +184,10 @@ class ReadoutSpec:
     concepts: list[str]
     idx: list[int]
     prompt: bool
+    kind: str = "projection"  # log_prob: the run's readout probe; projection: centred projections
 
     def header(self) -> dict[str, Any]:
-        return {"layer": self.layer, "concepts": self.concepts}
+        return {"layer": self.layer, "concepts": self.concepts, "kind": self.kind}
 
 
 def parse_readout(ctx: ServeContext, spec: Any, param: str = "readout") -> ReadoutSpec | None:
@@ -214,4 +215,4 @@ def parse_readout(ctx: ServeContext, spec: Any, param: str = "readout") -> Reado
     prompt = spec.get("prompt", False)
     if not isinstance(prompt, bool):
         raise bad(f"{param}.prompt must be true or false", f"{param}.prompt", "invalid_type")
-    return ReadoutSpec(layer, [cv.concepts[i] for i in idx], idx, prompt)
+    return ReadoutSpec(layer, [cv.concepts[i] for i in idx], idx, prompt, ctx.readout_kind(layer))

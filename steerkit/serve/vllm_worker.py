@@ -125,8 +125,7 @@ class SteerkitWorkerExtension:
                 if s.get("read_layer") == layer:
                     h = (new_hidden[a:b] + residual[a:b]) if new_hidden is not None and residual is not None else (
                         new_hidden[a:b] if new_hidden is not None else stream[a:b])  # fmt: skip
-                    sc = self._sk_cv.read_scores(h.float().cpu(), layer) if hasattr(self._sk_cv, "read_scores") else (
-                        self._sk_cv.scores(h.float().cpu(), layer))  # fmt: skip
+                    sc = self._sk_cv.read_scores(h.float().cpu(), layer)  # as `read` reads
                     idx = s.get("read_idx")
                     self._sk_rows.setdefault(s["id"], []).append(sc[:, idx] if idx is not None else sc)
             if new_hidden is None:

@@ -114,7 +114,8 @@ def test_readout_equals_an_independent_forward_and_read(server, serve_lm, serve_
     full = torch.tensor([ids + [r["id"] for r in ro["tokens"]]])
     with torch.no_grad():
         hs = serve_lm.model(full, output_hidden_states=True).hidden_states[2][0]  # block 1's output
-    ref = cv.scores(hs, 1)  # (T, concepts): what `read` computes per token
+    ref = cv.read_scores(hs, 1)  # (T, concepts): what `read` computes per token (the run's probe)
+    assert ro["kind"] == "log_prob" and 1 in cv.probes
     torch.testing.assert_close(torch.tensor([r["scores"] for r in rows]), ref, rtol=1e-5, atol=1e-5)
     assert [r["token"] for r in ro["prompt"]] == [serve_lm.tokenizer.decode([i]) for i in ids]
     # /v1/read of the prompt is `read` over HTTP: the same rows as the prompt readout
@@ -290,10 +291,11 @@ def test_full_queue_answers_503_with_retry_after(serve_lm, serve_vectors, serve_
             target=lambda: post(s, "/v1/completions", {"prompt": "a", "max_tokens": 2}, key=None)
         )
         waiting.start()
-        for _ in range(100):
+        for _ in range(3000):  # until request a waits in the queue (up to 60 s on a loaded machine)
             if engine.waiting >= 1:
                 break
             threading.Event().wait(0.02)
+        assert engine.waiting == 1
         r = post(s, "/v1/completions", {"prompt": "b", "max_tokens": 2}, key=None)
         assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue" in r.json()["error"]["message"]
         gate.set()
