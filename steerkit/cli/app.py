@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -14,15 +15,30 @@ import click
 from ..errors import SteerkitError
 
 
+_err: dict[str, Any] = {"stream": None, "label": ""}  # where error lines go, and "rank R of N: " under torchrun
+
+
+def _fail(msg: str, code: int) -> None:
+    """One error line (naming the rank in a distributed run) on the real stderr, then exit."""
+    click.echo(f"error: {_err['label']}{msg}", err=True, file=_err["stream"])
+    sys.exit(code)
+
+
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        from .. import dist
+
+        if not dist.launched():
+            return self._invoke(ctx)
+        return _distributed(lambda: self._invoke(ctx))
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SteerkitError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e), 2)
         except click.UsageError as e:  # a bad option value: one line too, naming the help
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -30,21 +46,54 @@ class _Group(click.Group):
             from .common import OptionError
 
             msg = e.message if isinstance(e, OptionError) else e.format_message()
-            click.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
-            sys.exit(2)
+            _fail(f"{msg} (see `{cmd} --help`)", 2)
         except (MemoryError, RuntimeError) as e:  # sizes the machine cannot hold: one line too
             if not _out_of_memory(e) or (ctx.obj and ctx.obj.get("debug")):
                 raise
             why = (str(e).strip() or type(e).__name__).splitlines()[0][:120]
-            click.echo(
-                f"error: out of memory ({why}); ask for less (--batch-size, --seq-len, --max-batch-tokens, "
+            _fail(
+                f"out of memory ({why}); ask for less (--batch-size, --seq-len, --max-batch-tokens, "
                 "--oscillators) or use a smaller model",
-                err=True,
+                2,
             )
-            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: completed work is cached; run the same command again to resume", err=True)
             sys.exit(130)
+
+
+def _distributed(run: Callable[[], Any]) -> Any:
+    """Run a command as one rank of a torchrun launch: join the process group (with a timeout on
+    collectives), keep the ranks other than 0 quiet (their output goes to /dev/null; an error still
+    prints one line naming the rank), leave the group at the end. Any failure exits non-zero, so
+    torchrun stops the whole launch."""
+    import os
+
+    from .. import dist
+
+    rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    _err["stream"], _err["label"] = sys.stderr, f"rank {rank} of {size}: "
+    try:
+        dist.init()
+    except Exception as e:  # a bad rendezvous: say which rank could not join
+        _fail(f"could not join the process group ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})", 1)
+    quiet = not dist.is_main() and "--debug" not in sys.argv
+    saved = sys.stdout, sys.stderr
+    if quiet:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (closed below)
+    try:
+        result = run()
+    except Exception as e:
+        if "--debug" in sys.argv:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        _fail(f"{type(e).__name__}: {first}" if first else type(e).__name__, 1)
+    finally:
+        if quiet:
+            devnull = sys.stdout
+            sys.stdout, sys.stderr = saved
+            devnull.close()
+    dist.teardown()
+    return result
 
 
 def _out_of_memory(e: BaseException) -> bool:

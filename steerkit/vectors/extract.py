@@ -127,6 +127,16 @@ def vectors_from_texts(
 ) -> Extraction:
     """Capture `texts` (+ `neutral`) and build one vector per concept at each layer.
     pos (C, N) bool: the positives of each concept; every other text is a negative."""
+    neutral = _check_inputs(texts, names, pos, neutral, method)
+    res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
+                  max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    return vectors_from_capture(lm, res, len(texts), names, pos, scenario=scenario, method=method)
+
+
+def _check_inputs(
+    texts: Sequence[str], names: list[str], pos: torch.Tensor, neutral: Sequence[str], method: str
+) -> list[str]:
+    """Refuse what no method can use; the neutral texts the method needs (none when it needs none)."""
     m = get_method(method)
     if m.needs_neutral and not neutral:
         raise ValueError(f"the {method} method needs neutral texts")
@@ -135,10 +145,23 @@ def vectors_from_texts(
     empty = [names[i] for i in range(len(names)) if not pos[i].any() or pos[i].all()]
     if empty:
         raise ValueError(f"concept(s) {', '.join(empty[:5])} need at least one positive and one negative text")
-    neutral = list(neutral) if m.needs_neutral else []
-    res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
-                  max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
-    n = len(texts)
+    return list(neutral) if m.needs_neutral else []
+
+
+def vectors_from_capture(
+    lm: LoadedModel,
+    res: CaptureResult,
+    n: int,
+    names: list[str],
+    pos: torch.Tensor,
+    *,
+    scenario: torch.Tensor | None = None,
+    method: str = "caa",
+) -> Extraction:
+    """One vector per concept at each captured layer: rows [0, n) of the capture are the labelled
+    texts (pos (C, n)), the rows after them the neutral texts."""
+    m = get_method(method)
+    neutral = res.resid[res.layers[0]].shape[0] > n if res.layers else False
     vecs, norms, centers = {}, {}, {}
     for layer in res.layers:
         acts = res.resid[layer]
@@ -221,12 +244,14 @@ def extract(
         echo(depth_label(layer, n_blocks))
     pos, _, scenario = membership(corpus)
     t1 = time.perf_counter()
-    ex = vectors_from_texts(
-        lm, [t.text for t in corpus.texts], corpus.names, pos, scenario=scenario,
-        neutral=[t.text for t in corpus.neutral], layers=layers, method=cfg.method, pooling=cfg.pooling,
-        max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
-        progress=progress, sites=("resid", "heads"),
-    )  # fmt: skip
+    texts = [t.text for t in corpus.texts]
+    neutral = _check_inputs(texts, corpus.names, pos, [t.text for t in corpus.neutral], cfg.method)
+    res = capture(lm, texts + neutral, layers, sites=("resid", "heads"), pooling=cfg.pooling,
+                  max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
+                  progress=progress, distributed=True)  # fmt: skip
+    if not res.complete:  # a rank other than 0 under torchrun: its share is with rank 0 (and in the cache)
+        return out
+    ex = vectors_from_capture(lm, res, len(texts), corpus.names, pos, scenario=scenario, method=cfg.method)
     capture_s = time.perf_counter() - t1
     res, n = ex.capture, ex.n_texts
     out.mkdir(parents=True, exist_ok=True)
