@@ -7,14 +7,17 @@ random Llama; each takes about 10 s on a loaded 2-core machine.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from steerkit import dist
@@ -174,3 +177,71 @@ def test_a_failing_rank_fails_the_launch_with_one_line_naming_it(tmp_path, tiny_
     assert proc.returncode != 0
     assert "error: rank 1 of 2: RuntimeError: disk on fire" in proc.stderr, proc.stderr[-3000:]
     assert not (tmp_path / "run" / "run.json").exists()
+
+
+# ---- steer-eval and intervene ------------------------------------------------------------------------
+@contextlib.contextmanager
+def _threads(n: int) -> Iterator[None]:
+    """torchrun gives each rank one intra-op thread; the reference runs with the same count (CPU GEMMs
+    sum in another order with another thread count: last-bit differences in NLLs)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def _same_report(a: Path, b: Path, name: str) -> None:
+    ra, rb = json.loads((a / name).read_text()), json.loads((b / name).read_text())
+    for r in (ra, rb):
+        for k in ("created", "seconds"):
+            r.pop(k, None)
+        r.get("stats", {}).pop("seconds", None)
+    assert ra == rb
+
+
+def test_steer_eval_under_torchrun_equals_one_process(tmp_path, single):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The cat sat on the mat and\nShe made tea for her friend while\nHe opened the letter at\n")
+    args = ["steer-eval", "--vectors", str(single), "--prompts", str(prompts), "--alphas", "0,4", "--layers", "1,3",
+            "--seeds", "2", "--max-new-tokens", "6", "--random-draws", "3", "--batch-rows", "12"]  # fmt: skip
+    with _threads(1):
+        res = CliRunner().invoke(main, [*args, "--out", str(tmp_path / "one"), "--no-cache"])
+    assert res.exit_code == 0, res.output
+    proc = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("steerable:") == 1
+    _same_report(tmp_path / "one", tmp_path / "two", "steer_eval.json")
+    # the rows of both ranks are in the shared row cache: a rerun computes nothing
+    again = torchrun([*args, "--out", str(tmp_path / "again")], tmp_path / "cache")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert json.loads((tmp_path / "again" / "steer_eval.json").read_text())["stats"]["computed"] == 0
+
+
+def test_intervene_under_torchrun_equals_one_process(tmp_path, tiny_dir, single):
+    from experiments.helpers import WORDS, word_prompts
+
+    from steerkit.phase import CouplingConfig
+    from steerkit.training import TrainConfig, train
+
+    g = torch.Generator().manual_seed(0)
+    stories = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(12)]
+    (tmp_path / "texts.txt").write_text("\n---\n".join(stories))
+    cfg = TrainConfig(model=str(tiny_dir), texts=(str(tmp_path / "texts.txt"),), seq_len=16, batch_size=2, steps=3,
+                      val_every=3, val_fraction=0.2, layer="0.5", coupling=CouplingConfig("additive", alpha=0.5))  # fmt: skip
+    train(cfg, tmp_path / "phase1", handle_signals=False)
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": p.text, "continuation": p.continuation}) + "\n"
+                               for p in word_prompts(5)))  # fmt: skip
+    # `--` after `-m steerkit`: torchrun would take `--run` for its own `--run-path`
+    args = ["--", "intervene", "--run", str(tmp_path / "phase1"), "--force-R", "0.2", "--force-R", "0.9",
+            "--prompts", str(prompts), "--seeds", "2", "--max-new-tokens", "5", "--permutations", "1000",
+            "--bootstrap", "200", "--batch-prompts", "2", "--readout", str(single)]  # fmt: skip
+    with _threads(1):
+        res = CliRunner().invoke(main, [*args[1:], "--out", str(tmp_path / "one")])
+    assert res.exit_code == 0, res.output
+    proc = torchrun([*args, "--out", str(tmp_path / "two")], tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("report:") == 1
+    _same_report(tmp_path / "one", tmp_path / "two", "intervention.json")
