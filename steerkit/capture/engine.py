@@ -156,8 +156,8 @@ def capture(
                             **stats, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
             return result
         mine = {r: vals for part in parts for r, vals in part.items()}
-    for r, vals in mine.items():
-        for w, val in vals.items():
+    for r, got in mine.items():
+        for w, val in got.items():
             values[w][todo[r]] = val
     rows = [uniq[t] for t in texts]
     for (site, layer), vals in values.items():

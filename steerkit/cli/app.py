@@ -14,7 +14,6 @@ import click
 
 from ..errors import SteerkitError
 
-
 _err: dict[str, Any] = {"stream": None, "label": ""}  # where error lines go, and "rank R of N: " under torchrun
 
 
@@ -67,9 +66,11 @@ def _distributed(run: Callable[[], Any]) -> Any:
     prints one line naming the rank), leave the group at the end. Any failure exits non-zero, so
     torchrun stops the whole launch."""
     import os
+    import time
 
     from .. import dist
 
+    t0 = time.perf_counter()
     rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
     _err["stream"], _err["label"] = sys.stderr, f"rank {rank} of {size}: "
     try:
@@ -92,8 +93,23 @@ def _distributed(run: Callable[[], Any]) -> Any:
             devnull = sys.stdout
             sys.stdout, sys.stderr = saved
             devnull.close()
+    _record_comm(time.perf_counter() - t0)
     dist.teardown()
     return result
+
+
+def _record_comm(wall: float) -> None:
+    """STEERKIT_DIST_STATS=FILE: each rank appends {rank, wall_s, comm_s} (benchmarks/distributed.py)."""
+    import json
+    import os
+
+    from .. import dist
+
+    path = os.environ.get("STEERKIT_DIST_STATS")
+    if path:
+        line = {"rank": dist.world().rank, "wall_s": round(wall, 4), "comm_s": round(dist.comm_seconds(), 4)}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -241,7 +241,9 @@ def run_experiment(
         if tick:
             tick(len(chunk) * share)
     if sharded:
-        merged = _gather_rows(data, profiles, [i for j in mine for i in range(starts[j], min(n, starts[j] + cfg.batch_prompts))])
+        merged = _gather_rows(
+            data, profiles, [i for j in mine for i in range(starts[j], min(n, starts[j] + cfg.batch_prompts))]
+        )
         if merged is None:
             return data  # not rank 0: its prompts are with rank 0
     data.washout = [mean_profiles([pr[i] for i in sorted(pr)]) for pr in profiles]
