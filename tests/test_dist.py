@@ -245,3 +245,23 @@ def test_intervene_under_torchrun_equals_one_process(tmp_path, tiny_dir, single)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("report:") == 1
     _same_report(tmp_path / "one", tmp_path / "two", "intervention.json")
+
+
+def test_quality_report_recapture_under_torchrun(tmp_path, tiny_dir, single):
+    """quality-report -m on a run without activations: the ranks share the recapture, rank 0 writes."""
+    import shutil
+
+    for name in ("one", "two"):
+        shutil.copytree(single, tmp_path / name)
+        (tmp_path / name / "activations.safetensors").unlink()
+    res = CliRunner().invoke(main, ["quality-report", str(tmp_path / "one"), "-m", str(tiny_dir)])
+    assert res.exit_code == 0, res.output
+    proc = torchrun(["quality-report", str(tmp_path / "two"), "-m", str(tiny_dir)], tmp_path / "cache")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("quality report:") == 1
+    one, two = tmp_path / "one", tmp_path / "two"
+    assert (one / "activations.safetensors").read_bytes() == (two / "activations.safetensors").read_bytes()
+    qa, qb = (json.loads((d / "quality.json").read_text()) for d in (one, two))
+    assert {k: v for k, v in qa.items() if k not in ("run", "seconds")} == {
+        k: v for k, v in qb.items() if k not in ("run", "seconds")
+    }

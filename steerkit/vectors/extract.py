@@ -225,7 +225,9 @@ def extract(
     placement: Placement | None = None,
 ) -> Path:
     """extract_vectors on a story corpus, then write the run folder; return it. placement: where
-    and in which dtype the model is loaded when `lm` is not given (activations are fp32 anyway)."""
+    and in which dtype the model is loaded when `lm` is not given (activations are fp32 anyway).
+    Under torchrun (`steerkit.dist.init()`) the ranks share the capture; only rank 0 writes the
+    folder (the other ranks return its path without writing)."""
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.stories)  # all validation before any model is loaded
     spec = cfg.model or DEFAULT_MODEL
