@@ -94,6 +94,7 @@ def _distributed(run: Callable[[], Any]) -> Any:
             sys.stdout, sys.stderr = saved
             devnull.close()
     _record_comm(time.perf_counter() - t0)
+    dist.barrier()  # leave together: a rank that tore down while rank 0 still wrote was aborted by gloo
     dist.teardown()
     return result
 
