@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import torch
 
+from .. import dist
 from ..models.adapters import Adapter
 from ..models.loading import LoadedModel
 from .cache import ActivationCache, entry, key
@@ -48,6 +49,7 @@ class CaptureResult:
     mlp: dict[int, torch.Tensor] = field(default_factory=dict)
     skipped: dict[tuple[str, int], str] = field(default_factory=dict)
     stats: dict[str, Any] = field(default_factory=dict)
+    complete: bool = True  # False on the ranks other than 0 of a distributed capture (values only on rank 0)
 
     def site(self, name: str) -> dict[int, torch.Tensor]:
         return {"resid": self.resid, "heads": self.heads, "mlp": self.mlp}[name]
@@ -88,6 +90,7 @@ def capture(
     cache_flush_seconds: float = 1.0,
     progress: Callable[[int, int], None] | None = None,
     backend: str = "hooks",
+    distributed: bool = False,
 ) -> CaptureResult:
     """Capture pooled activations of `texts` at blocks `layers` and `sites` (see CaptureResult).
 
@@ -104,6 +107,11 @@ def capture(
     backend: 'hooks' (default, fastest: plain forward hooks, early stop), 'nnsight' (a
         cross-check through an nnsight trace) or 'lens' (through a transformer-lens
         TransformerBridge booted on a copy of the model); same batches, same numbers.
+    distributed: in a torch.distributed run (`steerkit.dist.init()`), every rank computes its share of
+        the batches (balanced by padded tokens, the same batches a single process would run), writes
+        them to the cache and sends them to rank 0, which alone returns the values; the other ranks
+        return a result with `complete=False` and no values. Every rank must call it with the same
+        texts. Without an initialised process group it is a plain capture.
     """
     t0 = time.perf_counter()
     model, adapter = lm.model, lm.adapter
@@ -133,11 +141,23 @@ def capture(
     variant = pooling.name + (f"@{max_tokens}" if max_tokens else "")  # what the cache keys call pooling
     cache = ActivationCache(cache_dir, lm.info["fingerprint"], cache_flush_seconds) if cache_dir else None
     values, todo = _from_cache(cache, shas, wanted, variant)
+    sharded = distributed and dist.active()
+    if sharded:  # the union of every rank's misses: caches on different nodes may differ
+        todo = sorted(set().union(*dist.all_gather(todo)))
     job = _Job(lm, runner, wanted, pooling, padding_side, cache, variant)
-    stats = job.run([utexts[u] for u in todo], [shas[u] for u in todo], max_tokens, max_batch_tokens, progress,
-                    len(utexts) - len(todo), len(utexts))  # fmt: skip
-    for w, rows_of in job.values.items():
-        for r, val in enumerate(rows_of):
+    stats = job.run([utexts[u] for u in todo], [shas[u] for u in todo], max_tokens, max_batch_tokens,
+                    progress if dist.is_main() else None, len(utexts) - len(todo), len(utexts), sharded)  # fmt: skip
+    mine = {r: {w: rows_of[r] for w, rows_of in job.values.items()} for r in job.mine}
+    if sharded:
+        parts = dist.gather(mine)
+        if parts is None:  # not rank 0: its rows are on rank 0 (and in the cache)
+            result.complete = False
+            result.stats = {"n_texts": len(texts), "n_unique": len(utexts), "n_computed_here": len(job.mine),
+                            **stats, "seconds": round(time.perf_counter() - t0, 3)}  # fmt: skip
+            return result
+        mine = {r: vals for part in parts for r, vals in part.items()}
+    for r, got in mine.items():
+        for w, val in got.items():
             values[w][todo[r]] = val
     rows = [uniq[t] for t in texts]
     for (site, layer), vals in values.items():
@@ -220,6 +240,7 @@ class _Job:
     cache: ActivationCache | None
     variant: str
     values: dict[tuple[str, int], list[torch.Tensor]] = field(default_factory=dict)
+    mine: list[int] = field(default_factory=list)  # the rows this process computed
 
     def run(
         self,
@@ -230,6 +251,7 @@ class _Job:
         progress: Callable[[int, int], None] | None,
         done: int,
         total: int,
+        sharded: bool = False,
     ) -> dict[str, int]:
         tok, model, adapter = self.lm.tokenizer, self.lm.model, self.lm.adapter
         encoded = list(tok(texts, add_special_tokens=True).input_ids) if texts else []
@@ -237,9 +259,17 @@ class _Job:
         if any(len(e) == 0 for e in encoded):
             raise ValueError("a text tokenizes to zero tokens; remove empty texts")
         batches = make_batches([len(e) for e in encoded], max_batch_tokens)
+        n_batches = len(batches)
+        to_job = dist.scaled_progress(done, len(texts), len(texts))
+        if sharded:  # whole batches, as one process would run them, balanced by padded tokens
+            padded = [len(b) * max(len(encoded[i]) for i in b) for b in batches]
+            batches = [batches[i] for i in dist.shard(padded)]
+            to_job = dist.scaled_progress(done, sum(len(b) for b in batches), len(texts))
         self.values = {w: [torch.empty(0)] * len(texts) for w in self.wanted}
+        self.mine = sorted(i for b in batches for i in b)
+        done_here = 0
         if progress:
-            progress(done, total)
+            progress(to_job(0), total)
         if self.wanted and texts:
             last_layer = max(lay for _, lay in self.wanted)
             run = self.runner or hooks_runner(model, adapter)
@@ -257,13 +287,13 @@ class _Job:
                             [shas[i] for i in batch],
                             {entry(site, self.variant, layer): val for (site, layer), val in pooled.items()},
                         )
-                    done += len(batch)
+                    done_here += len(batch)
                     if progress:
-                        progress(done, total)
+                        progress(to_job(done_here), total)
             finally:  # an interrupted capture keeps what it computed
                 if self.cache is not None:
                     self.cache.flush()
-        return {"n_batches": len(batches), "tokens": sum(len(e) for e in encoded)}
+        return {"n_batches": n_batches, "tokens": sum(len(e) for e in encoded)}
 
 
 def _bound(encoded: list[list[int]], texts: list[str], max_tokens: int | None, context: int | None) -> list[list[int]]:

@@ -7,22 +7,37 @@ from __future__ import annotations
 
 import logging
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import click
 
 from ..errors import SteerkitError
 
+_err: dict[str, Any] = {"stream": None, "label": ""}  # where error lines go, and "rank R of N: " under torchrun
+
+
+def _fail(msg: str, code: int) -> None:
+    """One error line (naming the rank in a distributed run) on the real stderr, then exit."""
+    click.echo(f"error: {_err['label']}{msg}", err=True, file=_err["stream"])
+    sys.exit(code)
+
 
 class _Group(click.Group):
     def invoke(self, ctx: click.Context) -> Any:
+        from .. import dist
+
+        if not dist.launched():
+            return self._invoke(ctx)
+        return _distributed(lambda: self._invoke(ctx))
+
+    def _invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except SteerkitError as e:
             if ctx.obj and ctx.obj.get("debug"):
                 raise
-            click.echo(f"error: {e}", err=True)
-            sys.exit(2)
+            _fail(str(e), 2)
         except click.UsageError as e:  # a bad option value: one line too, naming the help
             if ctx.obj and ctx.obj.get("debug"):
                 raise
@@ -30,21 +45,78 @@ class _Group(click.Group):
             from .common import OptionError
 
             msg = e.message if isinstance(e, OptionError) else e.format_message()
-            click.echo(f"error: {msg} (see `{cmd} --help`)", err=True)
-            sys.exit(2)
+            _fail(f"{msg} (see `{cmd} --help`)", 2)
         except (MemoryError, RuntimeError) as e:  # sizes the machine cannot hold: one line too
             if not _out_of_memory(e) or (ctx.obj and ctx.obj.get("debug")):
                 raise
             why = (str(e).strip() or type(e).__name__).splitlines()[0][:120]
-            click.echo(
-                f"error: out of memory ({why}); ask for less (--batch-size, --seq-len, --max-batch-tokens, "
+            _fail(
+                f"out of memory ({why}); ask for less (--batch-size, --seq-len, --max-batch-tokens, "
                 "--oscillators) or use a smaller model",
-                err=True,
+                2,
             )
-            sys.exit(2)
         except KeyboardInterrupt:
             click.echo("interrupted: completed work is cached; run the same command again to resume", err=True)
             sys.exit(130)
+
+
+def _distributed(run: Callable[[], Any]) -> Any:
+    """Run a command as one rank of a torchrun launch: join the process group (with a timeout on
+    collectives), keep the ranks other than 0 quiet (their output goes to /dev/null; an error still
+    prints one line naming the rank), leave the group at the end. Any failure exits non-zero, so
+    torchrun stops the whole launch."""
+    import os
+    import time
+
+    from .. import dist
+
+    t0 = time.perf_counter()
+    rank, size = os.environ.get("RANK", "?"), os.environ.get("WORLD_SIZE", "?")
+    _err["stream"], _err["label"] = sys.stderr, f"rank {rank} of {size}: "
+    try:
+        dist.init()
+    except Exception as e:  # a bad rendezvous: say which rank could not join
+        _fail(f"could not join the process group ({type(e).__name__}: {str(e).strip().splitlines()[0][:200]})", 1)
+    quiet = not dist.is_main() and "--debug" not in sys.argv
+    saved = sys.stdout, sys.stderr
+    if quiet:
+        sys.stdout = sys.stderr = open(os.devnull, "w")  # noqa: SIM115  (closed below)
+    try:
+        result = run()
+    except Exception as e:
+        if "--debug" in sys.argv:
+            raise
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        _fail(f"{type(e).__name__}: {first}" if first else type(e).__name__, 1)
+    finally:
+        if quiet:
+            devnull = sys.stdout
+            sys.stdout, sys.stderr = saved
+            devnull.close()
+    _record_comm(time.perf_counter() - t0)
+    dist.barrier()  # leave together: a rank that tore down while rank 0 still wrote was aborted by gloo
+    dist.teardown()
+    # Every file is written (atomically) and the group is left: end the process here. gloo's threads could
+    # still abort the interpreter's own shutdown ("terminate called without an active exception", about 1
+    # launch in 25 on a loaded CPU), turning a finished run into a failed launch.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
+    return result  # unreachable; for the type checker
+
+
+def _record_comm(wall: float) -> None:
+    """STEERKIT_DIST_STATS=FILE: each rank appends {rank, wall_s, comm_s} (benchmarks/distributed.py)."""
+    import json
+    import os
+
+    from .. import dist
+
+    path = os.environ.get("STEERKIT_DIST_STATS")
+    if path:
+        line = {"rank": dist.world().rank, "wall_s": round(wall, 4), "comm_s": round(dist.comm_seconds(), 4)}
+        with open(path, "a") as f:
+            f.write(json.dumps(line) + "\n")
 
 
 def _out_of_memory(e: BaseException) -> bool:

@@ -120,9 +120,12 @@ def capture(
                 cache_dir=cdir,
                 progress=bar,
                 backend=backend,
+                distributed=True,
             )
     except ValueError as e:
         raise SteerkitError(str(e)) from e
+    if not res.complete:  # under torchrun only rank 0 writes the output folder
+        return
     tensors = {f"{site}.layer_{layer}": v for site in site_list for layer, v in res.site(site).items()}
     atomic_save_safetensors(tensors, out / "activations.safetensors")
     meta = {

@@ -35,10 +35,12 @@ def device_options(f: Callable[..., Any]) -> Callable[..., Any]:
 
     @functools.wraps(f)
     def command(*args: Any, **kwargs: Any) -> Any:
+        from ..dist import local_device
         from ..errors import ModelLoadError
         from ..models.loading import Placement
 
         mapping = {k: kwargs.pop(k) for k in ("device_map", "max_memory", "offload_folder")}
+        kwargs["device"] = local_device(kwargs["device"])  # under torchrun: cuda -> cuda:LOCAL_RANK
         try:
             placement = Placement(device=kwargs.pop("device"), dtype=kwargs.pop("dtype"), **mapping)
         except ValueError as e:

@@ -95,6 +95,8 @@ def intervene_cmd(
     run_dir = resolve_run(run)
     with progress_bar("intervene", unit="prompts") as update:
         out_dir, rep = intervene(cfg, run_dir, prompts, readout, out, placement=placement, progress=update)
+    if not rep:  # under torchrun only rank 0 reports
+        return
     v = rep["verdicts"]
     console().print(f"phase run {run_dir}: {v['headline']}")
     for line in v["summary"]:

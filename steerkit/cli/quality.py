@@ -64,6 +64,10 @@ def quality_report(
         raise SteerkitError(str(e)) from e
     if model is not None and not (run_dir / "activations.safetensors").is_file():
         _recapture(run_dir, model, placement)
+    from ..dist import is_main
+
+    if not is_main():  # under torchrun the ranks share the recapture; rank 0 alone writes the report
+        return
     report = write_report(run_dir, cfg)
     best = report["layers"][str(report["best_layer"])]
     click.echo(
@@ -115,7 +119,10 @@ def _recapture(run_dir: Path, model: str, placement: Placement) -> None:
 
     texts = [t.text for t in corpus.texts]
     neutral = [t.text for t in corpus.neutral] if get_method(str(cv.meta.get("method", "caa"))).needs_neutral else []
-    res = capture(lm, texts + neutral, cv.layers, sites=("resid", "heads"), pooling=parse_pooling(cv.meta["pooling"]))
+    res = capture(lm, texts + neutral, cv.layers, sites=("resid", "heads"), pooling=parse_pooling(cv.meta["pooling"]),
+                  distributed=True)  # fmt: skip
+    if not res.complete:  # a rank other than 0 under torchrun: its rows went to rank 0
+        return
     n = len(texts)
     tensors = {f"resid.layer_{la}": v[:n].contiguous() for la, v in res.resid.items()}
     tensors.update({f"heads.layer_{la}": v[:n].contiguous() for la, v in res.heads.items()})

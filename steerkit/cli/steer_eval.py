@@ -130,6 +130,8 @@ def steer_eval_cmd(
         out_dir, rep = evaluate(
             cfg, vectors, prompts, out, model=model, placement=placement, cache=not no_cache, progress=update
         )
+    if not rep:  # under torchrun only rank 0 reports
+        return
     s = rep["summary"]
     console().print(
         f"steerable: {s['n_steerable']} of {s['n_concepts']} concepts ({s['share_steerable']:.0%}); random control "

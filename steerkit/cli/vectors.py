@@ -94,6 +94,10 @@ def extract(
         raise SteerkitError(str(e)) from e
     with progress_bar("extract") as bar:
         run = run_extract(cfg, progress=bar, echo=lambda s: click.echo(s, err=True), placement=placement)
+    from ..dist import is_main
+
+    if not is_main():  # under torchrun only rank 0 writes the run folder and reports
+        return
     info = json.loads((run / "run.json").read_text())
     s = info["stats"]
     rate = f", {s['texts_per_second']} texts/s" if s.get("texts_per_second") else ""

@@ -132,6 +132,16 @@ def vectors_from_texts(
     """Capture `texts` (+ `neutral`) and build one vector per concept at each layer, and with
     `probe` the readout probe (probe.py; texts of one scenario, or identical texts, share a CV group).
     pos (C, N) bool: the positives of each concept; every other text is a negative."""
+    neutral = _check_inputs(texts, names, pos, neutral, method)
+    res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
+                  max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    return vectors_from_capture(lm, res, texts, names, pos, scenario=scenario, method=method, probe=probe)
+
+
+def _check_inputs(
+    texts: Sequence[str], names: list[str], pos: torch.Tensor, neutral: Sequence[str], method: str
+) -> list[str]:
+    """Refuse what no method can use; the neutral texts the method needs (none when it needs none)."""
     m = get_method(method)
     if m.needs_neutral and not neutral:
         raise ValueError(f"the {method} method needs neutral texts")
@@ -140,10 +150,25 @@ def vectors_from_texts(
     empty = [names[i] for i in range(len(names)) if not pos[i].any() or pos[i].all()]
     if empty:
         raise ValueError(f"concept(s) {', '.join(empty[:5])} need at least one positive and one negative text")
-    neutral = list(neutral) if m.needs_neutral else []
-    res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
-                  max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
+    return list(neutral) if m.needs_neutral else []
+
+
+def vectors_from_capture(
+    lm: LoadedModel,
+    res: CaptureResult,
+    texts: Sequence[str],
+    names: list[str],
+    pos: torch.Tensor,
+    *,
+    scenario: torch.Tensor | None = None,
+    method: str = "caa",
+    probe: bool = True,
+) -> Extraction:
+    """One vector per concept at each captured layer (and with `probe` the readout probe): rows [0, n) of
+    the capture are the n labelled `texts` (pos (C, n)), the rows after them the neutral texts."""
     n = len(texts)
+    m = get_method(method)
+    neutral = res.resid[res.layers[0]].shape[0] > n if res.layers else False
     vecs, norms, centers = {}, {}, {}
     for layer in res.layers:
         acts = res.resid[layer]
@@ -214,7 +239,9 @@ def extract(
     placement: Placement | None = None,
 ) -> Path:
     """extract_vectors on a story corpus, then write the run folder; return it. placement: where
-    and in which dtype the model is loaded when `lm` is not given (activations are fp32 anyway)."""
+    and in which dtype the model is loaded when `lm` is not given (activations are fp32 anyway).
+    Under torchrun (`steerkit.dist.init()`) the ranks share the capture; only rank 0 writes the
+    folder (the other ranks return its path without writing)."""
     t0 = time.perf_counter()
     corpus = load_corpus(cfg.stories)  # all validation before any model is loaded
     spec = cfg.model or DEFAULT_MODEL
@@ -233,12 +260,14 @@ def extract(
         echo(depth_label(layer, n_blocks))
     pos, _, scenario = membership(corpus)
     t1 = time.perf_counter()
-    ex = vectors_from_texts(
-        lm, [t.text for t in corpus.texts], corpus.names, pos, scenario=scenario,
-        neutral=[t.text for t in corpus.neutral], layers=layers, method=cfg.method, pooling=cfg.pooling,
-        max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
-        progress=progress, sites=("resid", "heads"), probe=cfg.probe,
-    )  # fmt: skip
+    texts = [t.text for t in corpus.texts]
+    neutral = _check_inputs(texts, corpus.names, pos, [t.text for t in corpus.neutral], cfg.method)
+    res = capture(lm, texts + neutral, layers, sites=("resid", "heads"), pooling=cfg.pooling,
+                  max_batch_tokens=cfg.max_batch_tokens, cache_dir=cache_root() / "activations" if cfg.cache else None,
+                  progress=progress, distributed=True)  # fmt: skip
+    if not res.complete:  # a rank other than 0 under torchrun: its share is with rank 0 (and in the cache)
+        return out
+    ex = vectors_from_capture(lm, res, texts, corpus.names, pos, scenario=scenario, method=cfg.method, probe=cfg.probe)
     capture_s = time.perf_counter() - t1 - ex.probe_seconds
     res, n = ex.capture, ex.n_texts
     out.mkdir(parents=True, exist_ok=True)

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import dist
 from ...errors import ExperimentError
 from ...generation import pad_id
 from .. import measures as M
@@ -31,6 +32,7 @@ from .washout import mean_profiles, site_profile
 
 log = logging.getLogger(__name__)
 GEN_MEASURES = ("distinct", "length", "gen_entropy")
+CHUNK_TAG = 1_000_003  # arm_seed(seed, chunk start, CHUNK_TAG, experiment) re-seeds the RNG of each prompt chunk
 
 
 @dataclass
@@ -80,6 +82,7 @@ class Results:
     probe: Probe | None = None
     sampler: str = "generate"
     seconds: float = 0.0
+    complete: bool = True  # False on the ranks other than 0 of a distributed run (their prompts went to rank 0)
 
 
 def make_probe(readout: Any, layer: int, hidden: int, cfg: InterveneConfig) -> Probe:
@@ -110,9 +113,14 @@ def run_intervention(
     progress: Progress | None = None,
     experiments: tuple[str, ...] = EXPERIMENTS,
     pairs: HeldoutPairs | None = None,
+    distributed: bool = False,
 ) -> Results:
     """Run the experiments; the core's modes and the global RNG state are restored afterwards.
-    pairs: a preference run's held-out pairs, which add the pref_margin measure."""
+    pairs: a preference run's held-out pairs, which add the pref_margin measure.
+    distributed: in a torch.distributed run the prompt chunks (cfg.batch_prompts prompts, every arm and
+    seed of them) are shared out among the ranks; rank 0 gathers them and returns complete Results, the
+    others return `complete=False`. Each chunk re-seeds the RNG from (seed, chunk, experiment), so the
+    numbers do not depend on which rank ran it."""
     t0 = time.perf_counter()
     if not prompts:
         raise ExperimentError("no prompts; pass a non-empty --prompts file")
@@ -127,18 +135,21 @@ def run_intervention(
             prepared = prepare_prompts(lm, prompts, cfg.continuation_tokens)
             setup = dataclasses.replace(setup, sampler=choose_sampler(setup, prepared, cfg))
             res = Results(prepared, cfg, setup.layer, probe=probe, sampler=setup.sampler)
-            total, done = len(experiments) * len(prepared), 0
+            total, done = len(experiments) * len(prepared), 0.0
+            sharded = distributed and dist.active()
+            progress = progress if dist.is_main() else None
 
-            def tick(_: int) -> None:
+            def tick(k: float) -> None:
                 nonlocal done
-                done += 1
+                done += k
                 if progress:
-                    progress(done, total)
+                    progress(min(total, round(done)), total)
 
             for name in experiments:
                 if name not in EXPERIMENTS:
                     raise ValueError(f"experiment must be one of {EXPERIMENTS}, got {name!r}")
-                res.experiments[name] = run_experiment(setup, prepared, cfg, name, probe, tick, pairs)
+                res.experiments[name] = run_experiment(setup, prepared, cfg, name, probe, tick, pairs, sharded)
+            res.complete = dist.is_main() or not sharded
     finally:
         setup.core.train(was_training)
     res.seconds = time.perf_counter() - t0
@@ -153,9 +164,12 @@ def run_experiment(
     probe: Probe | None = None,
     tick: Any = None,
     pairs: HeldoutPairs | None = None,
+    sharded: bool = False,
 ) -> ExperimentData:
     """One experiment: per prompt, the free arm and one forced arm per level, teacher-forced and
-    sampled; prompts go through the model cfg.batch_prompts at a time."""
+    sampled; prompts go through the model cfg.batch_prompts at a time, each chunk with the RNG seeded
+    from (cfg.seed, chunk, experiment). sharded: this rank runs its share of the chunks and sends them
+    to rank 0 (see run_intervention); the other ranks return their partial data."""
     coupling = planted_coupling(setup, cfg.positive_alpha) if name == "positive" else setup.coupling
     n, n_levels, s = len(prompts), len(cfg.levels), cfg.seeds
     a, model = setup.lm.adapter, setup.lm.model
@@ -168,9 +182,14 @@ def run_experiment(
         data.arms[m] = np.zeros((n, 1 + n_levels))
     for m in GEN_MEASURES:
         data.per_seed[m] = np.zeros((n, 1 + n_levels, s))
-    profiles: list[list[dict[str, dict[str, float]]]] = [[] for _ in cfg.levels]
+    profiles: list[dict[int, dict[str, dict[str, float]]]] = [{} for _ in cfg.levels]  # per level: prompt -> profile
     kw: dict[str, Any] = {"method": cfg.method, "detached": name == "negative"}
-    for start in range(0, n, cfg.batch_prompts):
+    starts = list(range(0, n, cfg.batch_prompts))
+    mine = dist.shard([min(n, s0 + cfg.batch_prompts) - s0 for s0 in starts]) if sharded else range(len(starts))
+    share = n / max(1, sum(min(n, starts[j] + cfg.batch_prompts) - starts[j] for j in mine))  # progress: whole job
+    exp_index = EXPERIMENTS.index(name) if name in EXPERIMENTS else len(EXPERIMENTS)
+    for start in [starts[j] for j in mine]:
+        torch.manual_seed(arm_seed(cfg.seed, start, CHUNK_TAG, exp_index))
         chunk = list(range(start, min(n, start + cfg.batch_prompts)))
         batch = [prompts[i] for i in chunk]
         # ---- teacher-forced: one forward per arm for the whole chunk ----
@@ -197,9 +216,7 @@ def run_experiment(
                 for m, v in _tf_values(forced, b, pp, probe).items():
                     data.arms[m][i, k + 1] = v
                     data.diffs[m][i, k] = v - free_vals[b][m]
-                profiles[k].append(
-                    site_profile({q: free[q][b, :t] for q in wkeys}, {q: forced[q][b, :t] for q in wkeys})
-                )
+                profiles[k][i] = site_profile({q: free[q][b, :t] for q in wkeys}, {q: forced[q][b, :t] for q in wkeys})
         del free, forced
         # ---- sampled generations: each arm with its own seeds; forced arms also replay the free tokens ----
         seeds = [[[arm_seed(cfg.seed, i, col, j) for j in range(s)] for i in chunk] for col in range(1 + n_levels)]
@@ -222,13 +239,49 @@ def run_experiment(
             tok = setup.lm.tokenizer
             data.examples = [tok.decode(g["tokens"][0, : int(g["length"][0])].tolist()) for g in gens]
         if tick:
-            for i in chunk:
-                tick(i)
-    data.washout = [mean_profiles(pr) for pr in profiles]
+            tick(len(chunk) * share)
+    if sharded:
+        merged = _gather_rows(
+            data, profiles, [i for j in mine for i in range(starts[j], min(n, starts[j] + cfg.batch_prompts))]
+        )
+        if merged is None:
+            return data  # not rank 0: its prompts are with rank 0
+    data.washout = [mean_profiles([pr[i] for i in sorted(pr)]) for pr in profiles]
     if pairs is not None and pairs.indices:
+        torch.manual_seed(arm_seed(cfg.seed, n, CHUNK_TAG, exp_index))  # after every chunk start
         arms = [pair_margins(setup, coupling, r, pairs, **kw) for r in (None, *cfg.levels)]  # each (n_pairs,)
         data.arms[M.PREF_MARGIN] = np.stack(arms, 1)  # (n_pairs, 1 + L)
         data.diffs[M.PREF_MARGIN] = data.arms[M.PREF_MARGIN][:, 1:] - data.arms[M.PREF_MARGIN][:, :1]
+    return data
+
+
+def _gather_rows(
+    data: ExperimentData, profiles: list[dict[int, dict[str, dict[str, float]]]], rows: list[int]
+) -> ExperimentData | None:
+    """Send this rank's prompts (rows of every array, their washout profiles, the examples when it ran
+    prompt 0) to rank 0, which writes them into its own `data` and `profiles`; None on other ranks."""
+    part = {
+        "rows": rows,
+        "r_free": data.r_free[rows],
+        "diffs": {m: v[rows] for m, v in data.diffs.items()},
+        "arms": {m: v[rows] for m, v in data.arms.items()},
+        "per_seed": {m: v[rows] for m, v in data.per_seed.items()},
+        "profiles": [{i: pr[i] for i in rows} for pr in profiles],
+        "examples": data.examples,
+    }
+    parts = dist.gather(part)
+    if parts is None:
+        return None
+    for p in parts:
+        r = p["rows"]
+        data.r_free[r] = p["r_free"]
+        for field_name in ("diffs", "arms", "per_seed"):
+            for m, v in p[field_name].items():
+                getattr(data, field_name)[m][r] = v
+        for k, pr in enumerate(p["profiles"]):
+            profiles[k].update(pr)
+        if 0 in r:
+            data.examples = p["examples"]
     return data
 
 

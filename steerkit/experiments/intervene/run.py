@@ -72,7 +72,8 @@ def intervene(
     """Run the real experiment and both controls; write intervention.{json,md} and PNGs.
 
     Output: `out`, else runs/<stamp>-intervene. A new folder is assembled under a temporary name
-    beside it and renamed into place, so it is complete or absent.
+    beside it and renamed into place, so it is complete or absent. Under torchrun the ranks share the
+    prompt chunks; rank 0 alone writes and returns the report, the others return `(target, {})`.
     """
     from ...training.runs import load_phase_run
     from ...vectors.readout import ConceptVectors
@@ -85,7 +86,11 @@ def intervene(
         prepare_out(target, KIND)
     lm, core, coupling, tcfg = load_phase_run(run_dir, lm=lm, device=device, placement=placement)
     pairs = load_heldout_pairs(tcfg, lm.tokenizer)  # a DPO / ORPO run: the pref_margin measure on its held-out pairs
-    res = run_intervention(Setup(lm, core, coupling, int(tcfg.layer)), plist, cfg, cv, progress, pairs=pairs)
+    res = run_intervention(
+        Setup(lm, core, coupling, int(tcfg.layer)), plist, cfg, cv, progress, pairs=pairs, distributed=True
+    )
+    if not res.complete:  # a rank other than 0 under torchrun: rank 0 writes the report
+        return target, {}
     rep = build_report(res, _source(run_dir, coupling, tcfg))
     if target.exists():
         write_report(target, rep)

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ... import dist
 from ...errors import ExperimentError
 from ...io import atomic_write_bytes
 from ..prompts import arm_seed
@@ -127,6 +128,7 @@ class Grid:
     results: list[dict[str, Any]]  # per row: tokens, nll, scores, text
     sampler: str
     stats: dict[str, Any]
+    complete: bool = True  # False on the ranks other than 0 of a distributed run (their rows went to rank 0)
 
 
 def run_grid(
@@ -139,8 +141,14 @@ def run_grid(
     readout_layer: int,
     cache: RowCache,
     progress: Progress | None = None,
+    distributed: bool = False,
 ) -> Grid:
-    """Generate, score and cache every row of the grid (rows arm-major, units in order within an arm)."""
+    """Generate, score and cache every row of the grid (rows arm-major, units in order within an arm).
+
+    distributed: in a torch.distributed run, the chunks (whole arms, as one process would run them)
+    are shared out among the ranks balanced by rows; each rank caches its rows and sends them to rank
+    0, whose Grid is complete (the others return `complete=False`). Every row's seed depends on the row
+    alone, so the rows equal a single process's."""
     t0 = time.perf_counter()
     tok = lm.tokenizer
     pids = [list(tok(p)["input_ids"]) for p in prompts]
@@ -160,10 +168,14 @@ def run_grid(
             arm.rows.append(len(keys))
             keys.append(_sha(fp, rk, layer, cfg.scale, dsha, prompts[p], seeds[u], decoding, cfg.max_new_tokens))
     results: list[dict[str, Any] | None] = [cache.rows.get(k) for k in keys]
+    sharded = distributed and dist.active()
+    if sharded:  # every rank plans the same work: the rows missing on any rank's cache
+        missing = set().union(*dist.all_gather([r for r, v in enumerate(results) if v is None]))
+        results = [None if r in missing else v for r, v in enumerate(results)]
+        progress = progress if dist.is_main() else None
     n_cached = sum(r is not None for r in results)
-    done = n_cached
     if progress:
-        progress(done, len(keys))
+        progress(n_cached, len(keys))
     sampler = "cached"
     todo = [a for a in arms if any(results[r] is None for r in a.rows)]
     if todo:
@@ -171,7 +183,16 @@ def run_grid(
         d = torch.stack([torch.zeros(cv.hidden_size), probe.delta])
         sampler = choose_steer_sampler(lm, pids, max(probe.layer, 0), d, cfg.scale)
     spec = GenSpec(cfg.max_new_tokens, cfg.temperature, cfg.greedy)
-    for chunk in _chunks(todo, results, cfg.batch_rows):
+    chunks = _chunks(todo, results, cfg.batch_rows)
+    sizes = [sum(results[r] is None for a in c for r in a.rows) for c in chunks]
+    to_job = dist.scaled_progress(n_cached, sum(sizes), len(keys) - n_cached)
+    if sharded:
+        mine = dist.shard(sizes)
+        chunks = [chunks[i] for i in mine]
+        to_job = dist.scaled_progress(n_cached, sum(sizes[i] for i in mine), len(keys) - n_cached)
+    computed: dict[str, dict[str, Any]] = {}
+    done_here = 0
+    for chunk in chunks:
         rows = [r for a in chunk for r in a.rows if results[r] is None]
         owners = [units[r % len(units)][0] for r in rows]
         delta = torch.stack([a.delta for a in chunk for r in a.rows if results[r] is None])  # (rows, hidden)
@@ -193,11 +214,24 @@ def run_grid(
                 "scores": [float(x) for x in scores[i]],
             }  # fmt: skip
         cache.put(new)
-        done += len(rows)
+        computed.update(new)
+        done_here += len(rows)
         if progress:
-            progress(done, len(keys))
+            progress(to_job(done_here), len(keys))
     seconds = time.perf_counter() - t0
     stats = {"rows": len(keys), "cached": n_cached, "computed": len(keys) - n_cached, "seconds": round(seconds, 2)}
+    if sharded:
+        parts = dist.gather(computed)
+        if parts is None:
+            return Grid(arms, units, results, sampler, stats, complete=False)  # type: ignore[arg-type]
+        where: dict[str, list[int]] = {}
+        for r, k in enumerate(keys):
+            where.setdefault(k, []).append(r)
+        for part in parts:
+            for k, row in part.items():
+                for r in where[k]:
+                    results[r] = row
+        stats["seconds"] = round(time.perf_counter() - t0, 2)
     return Grid(arms, units, results, sampler, stats)  # type: ignore[arg-type]
 
 

@@ -56,6 +56,8 @@ def evaluate(
 
     Every input is checked before the model loads; nothing is written on bad input. `lm`: an already
     loaded model (its hidden size must fit the vectors); else `model` or the run's own model.
+    Under torchrun (`steerkit.dist.init()`) the ranks share the grid's chunks; rank 0 alone writes and
+    returns the report, the other ranks return `(target, {})`.
     """
     import os
     import shutil
@@ -89,7 +91,9 @@ def evaluate(
         check_model(cv, lm, explicit=model is not None)
     fp = str(lm.info.get("fingerprint", "model"))
     rows = RowCache(cache_root() / "steer_eval" / fp[:16] if cache else None)
-    grid = run_grid(lm, cv, cfg, texts, concepts, layers, readout_layer, rows, progress)
+    grid = run_grid(lm, cv, cfg, texts, concepts, layers, readout_layer, rows, progress, distributed=True)
+    if not grid.complete:  # a rank other than 0 under torchrun: rank 0 writes the report
+        return target, {}
     rep = analyze(grid, cfg, cv, concepts, layers)
     rep["source"] = {
         "vectors": str(run),
