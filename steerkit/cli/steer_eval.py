@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -97,12 +97,16 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 )
 @click.option("--out", default=None, type=click.Path(), help="Output folder (default: the vectors run).")
 @click.option("--no-cache", is_flag=True, help="Do not read or write the row cache (no resume).")
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="Who generates: hf (steerkit's generation room) or vllm (in .venv-vllm; greedy rows equal, sampled "
+              "rows follow vLLM's sampler). The NLL and the re-reading always run on the HF model.")  # fmt: skip
+@click.option("--kv-cache-gb", default=1.0, type=POSITIVE_FLOAT, show_default=True, help="vLLM engine: KV cache, GiB.")
 @device_options
 def steer_eval_cmd(
     vectors: str | None, model: str | None, concepts: str, layers: str, alphas: str, scale: str, prompts: str | None,
     seeds: int, greedy: bool, temperature: float, max_new_tokens: int, random_draws: int, max_nll_increase: float,
     min_success: float, top: int, readout_layer: int | None, significance: float, seed: int, batch_rows: int,
-    out: str | None, no_cache: bool, placement: Placement,
+    out: str | None, no_cache: bool, engine: str, kv_cache_gb: float, placement: Placement,
 ) -> None:  # fmt: skip
     """Does adding a concept vector make the model write text that expresses the concept, and what
     does it cost in fluency? Steers every concept x layer x alpha on neutral prompts, re-reads each
@@ -126,9 +130,27 @@ def steer_eval_cmd(
         )  # fmt: skip
     except ValueError as e:
         raise ExperimentError(str(e)) from e
+    make_generator = None
+    if engine == "vllm":
+        from ..serve.vllm_engine import check_vllm, steer_eval_generator
+
+        check_vllm()  # one line before anything loads
+
+        def make_generator(lm: Any, run: Any, cv: Any) -> Any:
+            return steer_eval_generator(lm, run, cv, scale, kv_cache_gb, max_batch=batch_rows)
+
     with progress_bar("steer-eval", unit="rows") as update:
         out_dir, rep = evaluate(
-            cfg, vectors, prompts, out, model=model, placement=placement, cache=not no_cache, progress=update
+            cfg,
+            vectors,
+            prompts,
+            out,
+            model=model,
+            placement=placement,
+            cache=not no_cache,
+            progress=update,
+            engine=engine,
+            make_generator=make_generator,
         )
     if not rep:  # under torchrun only rank 0 reports
         return

@@ -59,6 +59,7 @@ class RowSteer:
         self.lm, self.edits = lm, list(edits)
         self.rows: list[int] | None = None
         self.calls = 0
+        self._cache: dict[Any, tuple[torch.Tensor, Any]] = {}
 
     @classmethod
     def add(cls, lm: Any, layer: int, delta: torch.Tensor, scale: str) -> RowSteer:
@@ -84,9 +85,10 @@ class RowSteer:
                 raise RuntimeError(f"RowSteer: batch of {hidden.shape[0]} rows, {len(edits)} edits")
             factor = a.output_scale(model, layer)  # the next block reads hidden * factor
             if all(e is None or e.mode == "add" for e in edits):  # one vectorised add for the whole batch
-                d = torch.stack([_direction(e, layer, hidden) for e in edits]).to(hidden.device, hidden.dtype)
-                rel = torch.tensor([e is not None and e.scale == "relative" for e in edits], device=hidden.device)
+                d, rel = self._stacked(layer, edits, hidden)
                 d3 = d[:, None, :]  # (b, 1, hidden)
+                if rel is None:  # every row absolute: h + d
+                    return a.replace_hidden(output, hidden + d3 / factor if factor != 1.0 else hidden + d3)
                 add = torch.where(rel[:, None, None], (hidden * factor).norm(dim=-1, keepdim=True) * d3, d3)
                 return a.replace_hidden(output, hidden + add / factor)
             new = hidden.clone()
@@ -99,6 +101,18 @@ class RowSteer:
             return a.replace_hidden(output, new)
 
         return fn
+
+    def _stacked(self, layer: int, edits: list[RowEdit | None], like: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """(b, hidden) directions of these rows at `layer` on like's device and dtype, and (b,) bools for the
+        relative rows (None when there are none); kept while `rows` stays the same (one per step otherwise)."""
+        key = (layer, None if self.rows is None else tuple(self.rows), like.device, like.dtype)
+        got = self._cache.get(key)
+        if got is None:
+            d = torch.stack([_direction(e, layer, like) for e in edits]).to(like.device, like.dtype)
+            flags = [e is not None and e.scale == "relative" for e in edits]
+            rel = torch.tensor(flags, device=like.device) if any(flags) else None
+            got = self._cache[key] = (d, rel)
+        return got
 
     @contextmanager
     def attached(self) -> Iterator[RowSteer]:

@@ -72,6 +72,8 @@ class _Row:
     sent_ids: list[int] = field(default_factory=list)
     sent_text: str = ""
     done: bool = False
+    prompt_rows: list[list[float]] = field(default_factory=list)  # engines that receive readout rows in bulk
+    prompt_rows_left: int = 0
 
     @property
     def reads(self) -> bool:

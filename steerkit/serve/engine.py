@@ -6,7 +6,8 @@ step. Work that must not overlap generation (reading a text, which runs the same
 `call`. Any engine with `start`, `stop`, `submit`, `call` and `batched` plugs in behind the server.
 
 The embedded engine: one worker thread owns the model. It takes the first waiting request, waits a
-short window for others (up to --max-batch), and decodes them as one left-padded batch with per-row
+short window (at most 50 ms, and only while fewer requests than the last batch held have come) for
+others (up to --max-batch), and decodes them as one left-padded batch with per-row
 steering, sampling and readout (`generation.stream.run_stream`); requests that arrive meanwhile form
 the next batch. Families whose cached generation is wrong under left padding (the apparatus check at
 start) run one request at a time.
@@ -43,19 +44,70 @@ class Engine(Protocol):
     def call(self, fn: Callable[[], Any]) -> Future[Any]: ...
 
 
-class EmbeddedEngine:
-    """Generation in this process, on the model steerkit loaded (every family steerkit supports)."""
+class WorkQueue:
+    """What both engines share: the bounded queue of waiting requests and calls (503 past max_queue), the
+    count of finish reasons, and running a call on the engine's thread."""
 
-    def __init__(self, lm: Any, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.01,
-                 batched: bool | None = None) -> None:  # fmt: skip
-        self.lm, self.max_batch, self.max_queue, self.window_s = lm, max_batch, max_queue, window_s
+    def __init__(self, max_batch: int, max_queue: int) -> None:
+        self.max_batch, self.max_queue = max_batch, max_queue
         self._q: queue.Queue[Any] = queue.Queue()
-        self._running: list[StreamRequest] = []
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.batched = self._check_batching() if batched is None else batched
-        self.batches = 0  # batches run (for tests and the benchmark)
+        self.batches = 0  # batches (embedded) or steps (vLLM) run, for tests and the benchmark
         self.finished: Counter[str] = Counter()  # finish reasons so far (stop, length, cancelled, error)
+
+    def _room(self) -> None:
+        if self._stop.is_set():
+            raise QueueFull("the server is shutting down")
+        if self._q.qsize() >= self.max_queue:
+            raise QueueFull(f"{self._q.qsize()} requests are waiting (--max-queue {self.max_queue})")
+
+    def submit(self, request: StreamRequest) -> None:
+        self._room()
+        emit = request.emit
+
+        def counted(e: dict[str, Any]) -> None:
+            if e["type"] == "finish":
+                self.finished[e["reason"]] += 1
+            emit(e)
+
+        request.emit = counted
+        self._q.put(request)
+
+    def call(self, fn: Callable[[], Any]) -> Future[Any]:
+        fut: Future[Any] = Future()
+        try:
+            self._room()
+        except QueueFull as e:
+            fut.set_exception(e)
+            return fut
+        self._q.put((fn, fut))
+        return fut
+
+    @property
+    def waiting(self) -> int:
+        return self._q.qsize()
+
+    @staticmethod
+    def _run_call(fn: Callable[[], Any], fut: Future[Any]) -> None:
+        if not fut.set_running_or_notify_cancel():
+            return
+        try:
+            fut.set_result(fn())
+        except BaseException as e:  # handed to the caller
+            fut.set_exception(e)
+
+
+class EmbeddedEngine(WorkQueue):
+    """Generation in this process, on the model steerkit loaded (every family steerkit supports)."""
+
+    def __init__(self, lm: Any, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.05,
+                 batched: bool | None = None) -> None:  # fmt: skip
+        super().__init__(max_batch, max_queue)
+        self.lm, self.window_s = lm, window_s
+        self._last_batch = 1
+        self._running: list[StreamRequest] = []
+        self.batched = self._check_batching() if batched is None else batched
 
     # ---- apparatus check ---------------------------------------------------------------------------
     def _check_batching(self) -> bool:
@@ -113,36 +165,6 @@ class EmbeddedEngine:
         if self._thread is not None:
             self._thread.join(timeout)
 
-    def submit(self, request: StreamRequest) -> None:
-        if self._stop.is_set():
-            raise QueueFull("the server is shutting down")
-        if self._q.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._q.qsize()} requests are waiting (--max-queue {self.max_queue})")
-        emit = request.emit
-
-        def counted(e: dict[str, Any]) -> None:
-            if e["type"] == "finish":
-                self.finished[e["reason"]] += 1
-            emit(e)
-
-        request.emit = counted
-        self._q.put(request)
-
-    def call(self, fn: Callable[[], Any]) -> Future[Any]:
-        fut: Future[Any] = Future()
-        if self._stop.is_set():
-            fut.set_exception(QueueFull("the server is shutting down"))
-            return fut
-        if self._q.qsize() >= self.max_queue:
-            fut.set_exception(QueueFull(f"{self._q.qsize()} requests are waiting (--max-queue {self.max_queue})"))
-            return fut
-        self._q.put((fn, fut))
-        return fut
-
-    @property
-    def waiting(self) -> int:
-        return self._q.qsize()
-
     # ---- the worker ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
@@ -154,16 +176,21 @@ class EmbeddedEngine:
                 self._run_call(*item)
                 continue
             batch = [item]
+            # Wait (at most window_s) until as many requests as the last batch held have come: closed-loop
+            # clients send their next request right after their last one finished, a few ms apart; a
+            # batch started without them would leave them waiting for a whole batch. One client: no wait.
             deadline = time.monotonic() + self.window_s
             while len(batch) < self.max_batch:
+                wait = deadline - time.monotonic() if len(batch) < self._last_batch else 0.0
                 try:
-                    nxt = self._q.get(timeout=max(0.0, deadline - time.monotonic()))
+                    nxt = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
                 except queue.Empty:
                     break
                 if nxt is None or isinstance(nxt, tuple):
                     self._q.put(nxt)  # calls and the stop marker wait for the batch
                     break
                 batch.append(nxt)
+            self._last_batch = len(batch)
             self._running = batch
             try:
                 run_stream(self.lm, batch, batched=self.batched)
@@ -172,12 +199,3 @@ class EmbeddedEngine:
                 log.exception("generation failed for a batch of %d", len(batch))
             finally:
                 self._running = []
-
-    @staticmethod
-    def _run_call(fn: Callable[[], Any], fut: Future[Any]) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        try:
-            fut.set_result(fn())
-        except BaseException as e:  # handed to the caller
-            fut.set_exception(e)

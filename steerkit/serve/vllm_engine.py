@@ -16,21 +16,18 @@ import os
 import queue
 import secrets
 import threading
-from collections import Counter
-from collections.abc import Callable
-from concurrent.futures import Future
 from typing import Any
 
 import torch
 
 from ..errors import SteerkitError
 from ..generation.stream import StreamRequest, _Row
-from .engine import QueueFull
+from .engine import WorkQueue
 
 log = logging.getLogger(__name__)
 
 
-class VllmEngine:
+class VllmEngine(WorkQueue):
     """Requests carry `steerkit` settings (concepts, layers, mode, scale, readout) instead of tensors: the
     worker builds each edit from the vectors it loaded at start."""
 
@@ -39,17 +36,12 @@ class VllmEngine:
 
     def __init__(self, ctx: Any, max_batch: int = 8, max_queue: int = 64, kv_cache_gb: float = 1.0,
                  dtype: str = "float32", model_path: str | None = None, max_model_len: int = 2048) -> None:  # fmt: skip
-        self.ctx, self.max_batch, self.max_queue = ctx, max_batch, max_queue
-        self.kv_cache_gb, self.dtype = kv_cache_gb, dtype
+        super().__init__(max_batch, max_queue)
+        self.ctx, self.kv_cache_gb, self.dtype = ctx, kv_cache_gb, dtype
         self.max_model_len = min(max_model_len, ctx.context_length or max_model_len)
         self.model_path = model_path or model_folder(ctx.lm)
-        self._q: queue.Queue[Any] = queue.Queue()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         self._ready = threading.Event()
         self._error: BaseException | None = None
-        self.finished: Counter[str] = Counter()
-        self.batches = 0
         self.engine: Any = None
 
     # ---- start ---------------------------------------------------------------------------------------
@@ -81,22 +73,6 @@ class VllmEngine:
         self._q.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
-
-    def submit(self, request: StreamRequest) -> None:
-        if self._stop.is_set():
-            raise QueueFull("the server is shutting down")
-        if self._q.qsize() >= self.max_queue:
-            raise QueueFull(f"{self._q.qsize()} requests are waiting (--max-queue {self.max_queue})")
-        self._q.put(request)
-
-    def call(self, fn: Callable[[], Any]) -> Future[Any]:
-        fut: Future[Any] = Future()
-        self._q.put((fn, fut))
-        return fut
-
-    @property
-    def waiting(self) -> int:
-        return self._q.qsize()
 
     # ---- the loop --------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -155,15 +131,7 @@ class VllmEngine:
 
     def _row(self, req: StreamRequest) -> _Row:
         row = _Row(req, self.ctx.lm.tokenizer, self.ctx.lm.tokenizer.eos_token_id, None)
-        orig = req.emit
-
-        def counted(e: dict[str, Any]) -> None:
-            if e["type"] == "finish":
-                self.finished[e["reason"]] += 1
-            orig(e)
-
-        req.emit = counted
-        row.prompt_rows_left = len(req.prompt_ids) if req.readout_layer is not None else 0  # type: ignore[attr-defined]
+        row.prompt_rows_left = len(req.prompt_ids) if req.readout_layer is not None else 0
         return row
 
     def _add(self, req: StreamRequest) -> str | None:
@@ -176,7 +144,11 @@ class VllmEngine:
         rid = "sk-" + secrets.token_hex(8)
         sk = dict(req.settings)
         sk["id"] = rid
-        extra = {"steerkit": sk} if (sk.get("concepts") or sk.get("read_layer") is not None) else None
+        extra = (
+            {"steerkit": sk}
+            if (sk.get("concepts") or sk.get("directions") or sk.get("read_layer") is not None)
+            else None
+        )
         reads = req.readout_layer is not None
         params = SamplingParams(
             n=1, temperature=req.temperature, top_p=req.top_p, top_k=req.top_k if req.top_k > 0 else -1,
@@ -191,14 +163,14 @@ class VllmEngine:
         then row j is the readout of generated token j (fed back the step after it was sampled)."""
         req = row.req
         if req.readout_layer is not None and rows:
-            left = row.prompt_rows_left  # type: ignore[attr-defined]
+            left = row.prompt_rows_left
             if left:
                 head, rows = rows[:left], rows[left:]
-                row.prompt_rows = getattr(row, "prompt_rows", []) + head  # type: ignore[attr-defined]
-                row.prompt_rows_left = left - len(head)  # type: ignore[attr-defined]
-                if row.prompt_rows_left == 0 and req.prompt_readout:  # type: ignore[attr-defined]
+                row.prompt_rows += head
+                row.prompt_rows_left = left - len(head)
+                if row.prompt_rows_left == 0 and req.prompt_readout:
                     toks = [{"token": row.tok.decode([t]), "id": t, "scores": s}
-                            for t, s in zip(req.prompt_ids, row.prompt_rows, strict=True)]  # type: ignore[attr-defined]  # fmt: skip
+                            for t, s in zip(req.prompt_ids, row.prompt_rows, strict=True)]  # fmt: skip
                     req.emit({"type": "prompt", "tokens": toks})
             for sc in rows:  # the readout of the oldest token whose row is not in yet
                 k = len(row.sent_ids) + len(row.pending)
@@ -215,14 +187,63 @@ class VllmEngine:
             pass
         self.engine.collective_rpc("steerkit_forget", args=([rid],))
 
-    @staticmethod
-    def _run_call(fn: Callable[[], Any], fut: Future[Any]) -> None:
-        if not fut.set_running_or_notify_cancel():
-            return
-        try:
-            fut.set_result(fn())
-        except BaseException as e:
-            fut.set_exception(e)
+
+def generate_rows(engine: VllmEngine, prompts: list[list[int]], seeds: list[int], settings: list[dict[str, Any]],
+                  max_new: int, temperature: float) -> list[tuple[list[int], str]]:  # fmt: skip
+    """Generate many rows through a started engine and wait for all: per row (its tokens without EOS, the
+    finish reason). temperature 0: greedy; else vLLM's seeded sampler (seed per row)."""
+    done = threading.Event()
+    out: list[tuple[list[int], str]] = [([], "") for _ in prompts]
+    left = [len(prompts)]
+    lock = threading.Lock()
+
+    def collect(i: int) -> Any:
+        def emit(e: dict[str, Any]) -> None:
+            if e["type"] == "delta":
+                out[i][0].extend(int(t["id"]) for t in e["tokens"])
+            elif e["type"] == "finish":
+                out[i] = (out[i][0], e["reason"])
+                with lock:
+                    left[0] -= 1
+                    if left[0] == 0:
+                        done.set()
+
+        return emit
+
+    for i, (p, seed, st) in enumerate(zip(prompts, seeds, settings, strict=True)):
+        req = StreamRequest(list(p), max_new, collect(i), temperature=temperature, seed=seed, settings=dict(st))
+        engine.submit(req)
+    if prompts:
+        done.wait()
+    return out
+
+
+def steer_eval_generator(lm: Any, run: Any, cv: Any, scale: str, kv_cache_gb: float = 1.0, max_batch: int = 64
+                         ) -> tuple[Any, Any]:  # fmt: skip
+    """(generate, close) for `steer-eval --engine vllm`: a started engine, and steer-eval's chunk generator
+    over it (run_grid's `generate`): each row steered by its own direction (as numbers) at `layer`."""
+    from .context import ServeContext
+
+    ctx = ServeContext(lm, cv, run, str(lm.info.get("spec")), cv.layers[0])
+    engine = VllmEngine(ctx, max_batch=max_batch, max_queue=1 << 30, kv_cache_gb=kv_cache_gb)
+    engine.start()
+    tok = lm.tokenizer
+    pad = tok.pad_token_id if tok.pad_token_id is not None else (tok.eos_token_id or 0)
+
+    def generate(pids: list[list[int]], owners: list[int], seeds: list[int], layer: int, delta: torch.Tensor,
+                 spec: Any) -> torch.Tensor:  # fmt: skip
+        settings = [{"directions": {layer: d.tolist()}, "scale": scale} if layer >= 0 and bool(d.any()) else {}
+                    for d in delta]  # fmt: skip
+        temperature = 0.0 if spec.greedy else float(spec.temperature)
+        rows = generate_rows(engine, [pids[o] for o in owners], seeds, settings, spec.max_new, temperature)
+        out = torch.full((len(owners), spec.max_new), int(pad), dtype=torch.long)
+        for i, (toks, reason) in enumerate(rows):
+            out[i, : len(toks)] = torch.tensor(toks, dtype=torch.long)
+            if reason == "stop" and len(toks) < spec.max_new and tok.eos_token_id is not None:
+                out[i, len(toks)] = int(tok.eos_token_id)  # trim() cuts at EOS, as after generate()
+        return out
+
+    return generate, engine.stop
 
 
 def check_vllm() -> None:
@@ -248,4 +269,4 @@ def model_folder(lm: Any) -> str:
                         "(pass -m with a model directory)")  # fmt: skip
 
 
-__all__ = ["VllmEngine", "model_folder", "torch"]
+__all__ = ["VllmEngine", "check_vllm", "generate_rows", "model_folder", "steer_eval_generator"]

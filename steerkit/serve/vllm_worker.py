@@ -5,8 +5,8 @@ in its worker, never by steerkit's server process itself).
 Per step, vLLM runs one flat batch: request i's tokens are rows query_start_loc[i]:query_start_loc[i+1]
 of every block's output, in the order of `input_batch.req_ids`. A request's settings ride in its
 `SamplingParams.extra_args["steerkit"]` = {"id", "concepts", "layers", "mode", "scale", "read_layer",
-"read_idx"}; the edit is built once per request from the concept vectors loaded at start (requests
-name concepts only). Llama-style blocks return (hidden, residual) and the residual stream the next block
+"read_idx"}; the edit is built once per request from the concept vectors loaded at start (the server's
+requests name concepts only; steer-eval's arms, random directions included, pass "directions" as numbers). Llama-style blocks return (hidden, residual) and the residual stream the next block
 reads is their sum: steering edits that sum (by changing `hidden`), readouts read it.
 
 Needs eager mode: a hook added after CUDA-graph / torch.compile capture is never called.
@@ -91,7 +91,11 @@ class SteerkitWorkerExtension:
 
             cv, w = self._sk_cv, s.get("concepts") or {}
             layers, mode, scale = s.get("layers") or [], s.get("mode", "add"), s.get("scale", "absolute")
-            if not w or (mode == "add" and not any(w.values())):
+            raw = s.get("directions")  # {layer: [floats]}: a direction given as numbers (steer-eval's arms)
+            if raw:
+                d = {int(la): torch.tensor(v, dtype=torch.float32) for la, v in raw.items()}
+                self._sk_edits[key] = RowEdit(d, scale, "add") if any(bool(x.any()) for x in d.values()) else None
+            elif not w or (mode == "add" and not any(w.values())):
                 self._sk_edits[key] = None
             else:
                 dirs = {int(la): steering_direction(cv, w, int(la), scale) for la in layers}

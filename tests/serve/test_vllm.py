@@ -141,3 +141,31 @@ def test_cli_serves_with_vllm_and_stops_on_sigterm(smol_run):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_steer_eval_on_vllm_equals_the_hf_path_greedy(smol_run, tmp_path):
+    """`steer-eval --engine vllm`: the grid's greedy generations through the vLLM engine (concept and random
+    arms, each row its own direction) give the same report as steerkit's own generation."""
+    from click.testing import CliRunner
+
+    from steerkit.cli import main
+
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("The meeting began\nShe opened the letter and\nIt was late at night when\n")
+    reps = {}
+    for engine in ("hf", "vllm"):
+        out = tmp_path / engine
+        args = ["steer-eval", "--vectors", str(smol_run), "--concepts", "calm,sad", "--layers", "15", "--alphas",
+                "0,6", "--greedy", "--seeds", "1", "--random-draws", "2", "--max-new-tokens", "10", "--prompts",
+                str(prompts), "--out", str(out), "--no-cache", "--engine", engine]  # fmt: skip
+        if engine == "vllm":
+            args += ["--kv-cache-gb", "0.25"]
+        r = CliRunner().invoke(main, args)
+        assert r.exit_code == 0, r.output
+        reps[engine] = json.loads((out / "steer_eval.json").read_text())
+    assert reps["vllm"]["source"]["engine"] == "vllm"
+    for rep in reps.values():
+        rep.pop("stats", None)
+        rep["source"].pop("engine")
+        rep.pop("sampler")
+    assert reps["vllm"] == reps["hf"]

@@ -42,6 +42,7 @@ from .generate import (
 log = logging.getLogger(__name__)
 RANDOM_TAG = 7  # arm_seed(seed, layer, RANDOM_TAG, k) seeds random draw k at a layer
 Progress = Callable[[int, int], None]
+ChunkGenerator = Callable[[list[list[int]], list[int], list[int], int, torch.Tensor, GenSpec], torch.Tensor]
 
 
 # ---- the plan ------------------------------------------------------------------------------------
@@ -142,13 +143,19 @@ def run_grid(
     cache: RowCache,
     progress: Progress | None = None,
     distributed: bool = False,
+    generate: ChunkGenerator | None = None,
+    engine: str = "hf",
 ) -> Grid:
     """Generate, score and cache every row of the grid (rows arm-major, units in order within an arm).
 
     distributed: in a torch.distributed run, the chunks (whole arms, as one process would run them)
     are shared out among the ranks balanced by rows; each rank caches its rows and sends them to rank
     0, whose Grid is complete (the others return `complete=False`). Every row's seed depends on the row
-    alone, so the rows equal a single process's."""
+    alone, so the rows equal a single process's.
+
+    generate: another engine's generation of a chunk (e.g. vLLM's, `steer-eval --engine vllm`), called as
+    generate(prompt_ids, owners, seeds, layer, delta (rows, hidden), spec) -> tokens (rows, max_new) (pad
+    after EOS); `engine` names it in the row cache's keys (its sampled rows differ from the HF path's)."""
     t0 = time.perf_counter()
     tok = lm.tokenizer
     pids = [list(tok(p)["input_ids"]) for p in prompts]
@@ -159,7 +166,7 @@ def run_grid(
     seeds = [arm_seed(cfg.seed, p, 0, s) for p, s in units]
     arms = plan_arms(cfg, cv, concepts, layers)
     fp, rk = lm.info.get("fingerprint"), readout_key(cv, readout_layer)
-    decoding = "greedy" if cfg.greedy else f"sample@{cfg.temperature}"
+    decoding = ("greedy" if cfg.greedy else f"sample@{cfg.temperature}") + ("" if engine == "hf" else f"@{engine}")
     keys: list[str] = []
     for arm in arms:
         dsha = _sha(arm.delta.float().numpy().tobytes())
@@ -178,7 +185,9 @@ def run_grid(
         progress(n_cached, len(keys))
     sampler = "cached"
     todo = [a for a in arms if any(results[r] is None for r in a.rows)]
-    if todo:
+    if todo and generate is not None:
+        sampler = engine
+    elif todo:
         probe = next((a for a in arms if a.kind == "concept"), arms[0])
         d = torch.stack([torch.zeros(cv.hidden_size), probe.delta])
         sampler = choose_steer_sampler(lm, pids, max(probe.layer, 0), d, cfg.scale)
@@ -198,7 +207,9 @@ def run_grid(
         delta = torch.stack([a.delta for a in chunk for r in a.rows if results[r] is None])  # (rows, hidden)
         layer = chunk[0].layer
         with torch.no_grad():
-            if layer >= 0:
+            if generate is not None:
+                toks = generate(pids, owners, [seeds[r % len(units)] for r in rows], layer, delta, spec)
+            elif layer >= 0:
                 with RowSteer.add(lm, layer, delta, cfg.scale).attached() as hook:
                     toks = generate_chunk(lm, sampler, pids, owners, [seeds[r % len(units)] for r in rows], hook, spec)
             else:

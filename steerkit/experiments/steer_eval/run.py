@@ -51,6 +51,8 @@ def evaluate(
     placement: Placement | None = None,
     cache: bool = True,
     progress: Progress | None = None,
+    engine: str = "hf",
+    make_generator: Any = None,
 ) -> tuple[Path, dict[str, Any]]:
     """Run the grid and write steer_eval.{json,md} and the figures into the vectors run (or `out`).
 
@@ -58,6 +60,8 @@ def evaluate(
     loaded model (its hidden size must fit the vectors); else `model` or the run's own model.
     Under torchrun (`steerkit.dist.init()`) the ranks share the grid's chunks; rank 0 alone writes and
     returns the report, the other ranks return `(target, {})`.
+    engine / make_generator: another generation engine (`--engine vllm`): make_generator(lm, run, cv) ->
+    (generate, close), generate as run_grid takes it; the NLL and the re-reading stay on `lm`.
     """
     import os
     import shutil
@@ -91,7 +95,13 @@ def evaluate(
         check_model(cv, lm, explicit=model is not None)
     fp = str(lm.info.get("fingerprint", "model"))
     rows = RowCache(cache_root() / "steer_eval" / fp[:16] if cache else None)
-    grid = run_grid(lm, cv, cfg, texts, concepts, layers, readout_layer, rows, progress, distributed=True)
+    generate, close = make_generator(lm, run, cv) if make_generator is not None else (None, None)
+    try:
+        grid = run_grid(lm, cv, cfg, texts, concepts, layers, readout_layer, rows, progress, distributed=True,
+                        generate=generate, engine=engine)  # fmt: skip
+    finally:
+        if close is not None:
+            close()
     if not grid.complete:  # a rank other than 0 under torchrun: rank 0 writes the report
         return target, {}
     rep = analyze(grid, cfg, cv, concepts, layers)
@@ -105,6 +115,7 @@ def evaluate(
         "corpus_sha256": cv.meta.get("corpus", {}).get("sha256"),
         "prompts": str(prompts) if prompts is not None else str(default_prompts_path()),
         "n_prompts": len(texts),
+        "engine": engine,
     }
     groups = concept_groups(cv, concepts)
     if not own_folder or target.exists():
