@@ -6,8 +6,8 @@ step. Work that must not overlap generation (reading a text, which runs the same
 `call`. Any engine with `start`, `stop`, `submit`, `call` and `batched` plugs in behind the server.
 
 The embedded engine: one worker thread owns the model. It takes the first waiting request, waits a
-short window (at most 50 ms, and only while fewer requests than the last batch held have come) for
-others (up to --max-batch), and decodes them as one left-padded batch with per-row
+short window (at most 50 ms, and only while fewer requests have come than there were clients at the
+end of the last batch) for others (up to --max-batch), and decodes them as one left-padded batch with per-row
 steering, sampling and readout (`generation.stream.run_stream`); requests that arrive meanwhile form
 the next batch. Families whose cached generation is wrong under left padding (the apparatus check at
 start) run one request at a time.
@@ -105,7 +105,7 @@ class EmbeddedEngine(WorkQueue):
                  batched: bool | None = None) -> None:  # fmt: skip
         super().__init__(max_batch, max_queue)
         self.lm, self.window_s = lm, window_s
-        self._last_batch = 1
+        self._clients = 1  # requests expected for the next batch (see _loop)
         self._running: list[StreamRequest] = []
         self.batched = self._check_batching() if batched is None else batched
 
@@ -176,12 +176,13 @@ class EmbeddedEngine(WorkQueue):
                 self._run_call(*item)
                 continue
             batch = [item]
-            # Wait (at most window_s) until as many requests as the last batch held have come: closed-loop
-            # clients send their next request right after their last one finished, a few ms apart; a
-            # batch started without them would leave them waiting for a whole batch. One client: no wait.
+            # Wait (at most window_s) until as many requests have come as there were clients at the end of
+            # the last batch (its rows, plus the requests that waited meanwhile): closed-loop clients send
+            # their next request right after their last one finished, a few ms apart, and a batch started
+            # without them leaves them waiting a whole batch. One client: no wait.
             deadline = time.monotonic() + self.window_s
             while len(batch) < self.max_batch:
-                wait = deadline - time.monotonic() if len(batch) < self._last_batch else 0.0
+                wait = deadline - time.monotonic() if len(batch) < self._clients else 0.0
                 try:
                     nxt = self._q.get(timeout=wait) if wait > 0 else self._q.get_nowait()
                 except queue.Empty:
@@ -190,7 +191,6 @@ class EmbeddedEngine(WorkQueue):
                     self._q.put(nxt)  # calls and the stop marker wait for the batch
                     break
                 batch.append(nxt)
-            self._last_batch = len(batch)
             self._running = batch
             try:
                 run_stream(self.lm, batch, batched=self.batched)
@@ -199,3 +199,4 @@ class EmbeddedEngine(WorkQueue):
                 log.exception("generation failed for a batch of %d", len(batch))
             finally:
                 self._running = []
+                self._clients = min(self.max_batch, len(batch) + self._q.qsize())
