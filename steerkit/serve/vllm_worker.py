@@ -42,6 +42,7 @@ class SteerkitWorkerExtension:
         self._sk_rows: dict[str, list[torch.Tensor]] = {}
         self._sk_handles = [blocks[la].register_forward_hook(self._sk_hook(la)) for la in range(len(blocks))]
         self._sk_calls = 0
+        self._sk_pass: tuple[Any, Any, Any] = (None, [], None)
         return {"blocks": len(blocks), "hidden": self._sk_cv.hidden_size, "spec": spec}
 
     def steerkit_drain(self) -> dict[str, list[list[float]]]:
@@ -59,14 +60,26 @@ class SteerkitWorkerExtension:
         return int(self._sk_calls)
 
     # ---- the hook --------------------------------------------------------------------------------
-    def _sk_settings(self) -> tuple[list[dict[str, Any] | None], torch.Tensor | None]:
+    def _sk_settings(self) -> tuple[list[dict[str, Any] | None], Any]:
+        """Each request's settings (None: plain) and the row bounds [(a, b)] of this forward pass, read
+        once per pass (the first hooked block) and reused by the others."""
         from vllm.forward_context import get_forward_context, is_forward_context_available
 
+        if not is_forward_context_available():
+            return [], None
+        fc = get_forward_context()
+        if self._sk_pass[0] is fc:
+            return self._sk_pass[1], self._sk_pass[2]
+        settings, loc = self._sk_read_settings(fc)
+        self._sk_pass = (fc, settings, loc)
+        return settings, loc
+
+    def _sk_read_settings(self, fc: Any) -> tuple[list[dict[str, Any] | None], Any]:
         runner = self.model_runner  # type: ignore[attr-defined]
         n = runner.input_batch.num_reqs
-        if n == 0 or not is_forward_context_available():
+        if n == 0:
             return [], None
-        meta = get_forward_context().attn_metadata
+        meta = fc.attn_metadata
         if isinstance(meta, list):
             meta = meta[0]
         if meta is None:
@@ -81,7 +94,10 @@ class SteerkitWorkerExtension:
             st = runner.requests.get(rid)
             extra = st.sampling_params.extra_args if st is not None and st.sampling_params is not None else None
             settings.append((extra or {}).get("steerkit"))
-        return settings, loc
+        if loc is None or not any(x is not None for x in settings):
+            return settings, None
+        bounds = [(int(a), int(b)) for a, b in zip(loc[:-1].tolist(), loc[1:].tolist(), strict=True)]
+        return settings, bounds
 
     def _sk_edit(self, s: dict[str, Any]) -> Any:
         key = s["id"]
@@ -108,17 +124,21 @@ class SteerkitWorkerExtension:
 
         def fn(module: Any, args: Any, output: Any) -> Any:
             settings, loc = self._sk_settings()
-            if loc is None or not any(s is not None for s in settings):
+            if loc is None:
                 return None
+            edits: list[Any] = [self._sk_edit(s) if s is not None else None for s in settings]
+            todo = [i for i, s in enumerate(settings) if s is not None and (
+                s.get("read_layer") == layer or (edits[i] is not None and edits[i].acts_at(layer)))]  # fmt: skip
+            if not todo:
+                return None  # nothing to steer or read at this block in this pass
             self._sk_calls += 1
             hidden, residual = (output[0], output[1]) if isinstance(output, tuple) else (output, None)
             stream = hidden if residual is None else hidden + residual  # (tokens, hidden): what the next block reads
             new_hidden = None
-            for i, s in enumerate(settings):
-                if s is None:
-                    continue
-                a, b = int(loc[i]), int(loc[i + 1])
-                e = self._sk_edit(s)
+            for i in todo:
+                s, e = settings[i], edits[i]
+                assert s is not None
+                a, b = loc[i]
                 if e is not None and e.acts_at(layer):
                     if new_hidden is None:
                         new_hidden = hidden.clone()
