@@ -22,7 +22,13 @@ PACKAGE = Path(__file__).resolve().parents[1] / "steerkit"
 
 # Level of each room, from the ground up. Rooms on one level may import each other (unless in a cycle).
 LEVELS: list[tuple[str, ...]] = [
-    ("errors", "io", "version", "dist"),  # version.py: __version__, stamped into files by every room; dist.py: torchrun
+    (
+        "errors",
+        "io",
+        "version",
+        "threads",
+        "dist",
+    ),  # version.py: __version__, stamped into files by every room; dist.py: torchrun
     ("stats", "validate", "runs"),
     ("models",),
     ("capture", "corpus"),

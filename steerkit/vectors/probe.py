@@ -19,13 +19,14 @@ Shapes: a (N, H) pooled activations; pos (C, N) bool membership; groups (N,) lon
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.optimize
 import torch
+
+from ..threads import one_thread
 
 PROBE_CS: tuple[float, ...] = (0.003, 0.01, 0.03, 0.1)  # C_reg grid, ascending (warm starts run up it)
 DEFAULT_C = 0.01  # when too few groups for cross-validation (measured best on SmolLM2-135M: docs/vectors.md)
@@ -161,18 +162,6 @@ def grouped_splits(groups: torch.Tensor, n_splits: int) -> list[torch.Tensor]:
     return [f == k for k in range(n_splits)]
 
 
-@contextmanager
-def _one_thread() -> Iterator[None]:
-    """The fits are many small matmuls: one thread is as fast on an idle CPU and 10-50x faster on a
-    busy one (OpenMP workers waiting on each other); the caller's setting is restored."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
-
-
 def fit_probe(
     a: torch.Tensor,
     pos: torch.Tensor,
@@ -193,7 +182,7 @@ def fit_probe(
     t, y, w = probe_rows(pos.bool())
     z = (a.float()[t] - mean) / scale  # (R, H) float32: the loss and gradient; L-BFGS-B runs in float64
     g = (torch.arange(a.shape[0]) if groups is None else groups.long())[t]
-    with _one_thread():
+    with one_thread():
         best, scores, init = _choose_c(z, y, w, g, sorted(float(c) for c in cs), n_splits, n_c)
         weight, bias = _fit(z, y, w, best, n_c, init)
     return Probe(weight.float(), bias.float(), mean, scale, best, scores)

@@ -3,12 +3,11 @@ concept's positives gathered into one padded batch. Shape letters: see `steerkit
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 
+from ...threads import one_thread  # noqa: F401 (re-exported: the metrics use it)
 from ...vectors.means import Array, _check_membership, as_bool, as_f32
 
 EPS = 1e-12
@@ -17,22 +16,6 @@ EPS = 1e-12
 def unit_rows(v: torch.Tensor) -> torch.Tensor:
     """v scaled to unit L2 norm along the last dim; zero rows stay zero, NaN rows stay NaN."""
     return v / v.norm(dim=-1, keepdim=True).clamp_min(EPS)
-
-
-@contextmanager
-def one_thread() -> Iterator[None]:
-    """Run small LAPACK decompositions (C x C, P x P) single-threaded, then restore the thread count.
-
-    Threaded MKL eigh/svd gain nothing at these sizes and collapse when the cores are shared:
-    on the 2-core dev machine under load, eigh of a 200 x 200 matrix took 3 s with 2 threads and
-    0.01 s with 1 (svd of 200 x 4096: 8.8 s vs 0.2 s). torch.set_num_threads is process-wide.
-    """
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(n)
 
 
 @dataclass(frozen=True)
