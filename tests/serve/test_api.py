@@ -188,12 +188,15 @@ def test_stream_chunks_carry_their_tokens_rows(server):
         assert len(c["choices"][0]["readout"]["tokens"]) >= 1
 
 
-def test_stop_strings_and_eos(server):
-    full = complete(server, prompt="Once upon a time", max_tokens=20)["text"]
-    stop = full[5:7]
+def test_stop_strings(server):
+    full = complete(server, prompt="Once upon a time", max_tokens=20)
+    stop = full["text"][5:7]
     ch = complete(server, prompt="Once upon a time", max_tokens=20, stop=[stop], readout=True)
-    assert ch["finish_reason"] == "stop" and ch["text"] == full[: full.index(stop)]
-    assert len(ch["readout"]["tokens"]) <= len(complete(server, prompt="Once upon a time", max_tokens=20)["text"])
+    assert ch["finish_reason"] == "stop" and ch["text"] == full["text"][: full["text"].index(stop)]
+    # the readout rows are those of the tokens wholly before the stop string, in order
+    ids = [t["id"] for t in ch["readout"]["tokens"]]
+    assert len(ids) < 20
+    assert ch["text"].startswith(server.ctx.lm.tokenizer.decode(ids, skip_special_tokens=True))
 
 
 BAD = [
