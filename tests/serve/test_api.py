@@ -289,18 +289,27 @@ def test_full_queue_answers_503_with_retry_after(serve_lm, serve_vectors, serve_
     engine = EmbeddedEngine(serve_lm, max_batch=1, max_queue=1, batched=True)
     gate = threading.Event()
     with ServerThread(create_app(ctx, engine)) as s:
-        engine.call(gate.wait)  # the worker is busy until the gate opens
-        waiting = threading.Thread(
-            target=lambda: post(s, "/v1/completions", {"prompt": "a", "max_tokens": 2}, key=None)
-        )
-        waiting.start()
-        for _ in range(3000):  # until request a waits in the queue (up to 60 s on a loaded machine)
-            if engine.waiting >= 1:
-                break
-            threading.Event().wait(0.02)
-        assert engine.waiting == 1
-        r = post(s, "/v1/completions", {"prompt": "b", "max_tokens": 2}, key=None)
-        assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue" in r.json()["error"]["message"]
-        gate.set()
+        busy = threading.Event()
+
+        def hold() -> None:  # the worker is busy until the gate opens
+            busy.set()
+            gate.wait(120)
+
+        engine.call(hold)
+        try:
+            assert busy.wait(60)  # the worker took the call: the queue is empty again
+            waiting = threading.Thread(
+                target=lambda: post(s, "/v1/completions", {"prompt": "a", "max_tokens": 2}, key=None)
+            )
+            waiting.start()
+            for _ in range(3000):  # until request a waits in the queue (up to 60 s on a loaded machine)
+                if engine.waiting >= 1:
+                    break
+                threading.Event().wait(0.02)
+            assert engine.waiting == 1
+            r = post(s, "/v1/completions", {"prompt": "b", "max_tokens": 2}, key=None)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1" and "queue" in r.json()["error"]["message"]
+        finally:
+            gate.set()  # never leave the worker held, whatever failed
         waiting.join(30)
         assert post(s, "/v1/completions", {"prompt": "c", "max_tokens": 2}, key=None).status_code == 200
