@@ -276,7 +276,7 @@ def test_disconnect_frees_the_row(server):
     with httpx.stream("POST", server.url + "/v1/completions", content=json.dumps(body),
                       headers={"Authorization": f"Bearer {KEY}"}, timeout=60) as r:  # fmt: skip
         next(r.iter_lines())  # the first chunk, then hang up
-    for _ in range(100):
+    for _ in range(1200):  # up to 60 s on a loaded machine
         if server.engine.finished["cancelled"] > before:
             break
         threading.Event().wait(0.05)

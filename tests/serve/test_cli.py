@@ -48,16 +48,20 @@ def test_serve_prints_its_addresses_and_sigterm_finishes_in_flight_rows(serve_ru
         assert "4 concepts" in text and "API  http://127.0.0.1:" in text and "API key required" in text
         h = {"Authorization": "Bearer k1"}
         assert httpx.post(url + "/v1/completions", json={"prompt": "x"}, timeout=30).status_code == 401
-        got = {}
+        got: dict = {"lines": []}
+        first = threading.Event()
 
         def long_request():
             body = {"prompt": "Once", "max_tokens": 60, "temperature": 0, "stream": True}
             with httpx.stream("POST", url + "/v1/completions", json=body, headers=h, timeout=60) as r:
-                got["lines"] = [ln for ln in r.iter_lines() if ln]
+                for ln in r.iter_lines():
+                    if ln:
+                        got["lines"].append(ln)
+                        first.set()
 
         t = threading.Thread(target=long_request)
         t.start()
-        time.sleep(0.3)
+        assert first.wait(60)  # the request is in flight (its first chunk came) before the signal
         proc.send_signal(signal.SIGTERM)
         t.join(60)
         assert proc.wait(60) == 0
