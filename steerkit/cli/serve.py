@@ -74,7 +74,7 @@ def serve(
         how = f"vLLM in-process (eager, KV cache {kv_cache_gb:g} GiB), continuous batching"
     else:
         runner = EmbeddedEngine(ctx.lm, max_batch=max_batch, max_queue=max_queue)
-        how = f"embedded, {'batched' if runner.batched else 'one request at a time'}"
+        how = f"embedded, {runner.mode}"
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

@@ -148,6 +148,45 @@ class _Row:
                 self.finish("length")
 
 
+def advance(rows: list[_Row], hidden: dict[int, torch.Tensor], logits: torch.Tensor, first: Sequence[bool],
+            mask: torch.Tensor) -> torch.Tensor:  # fmt: skip
+    """What follows one forward over `rows`: each reading row gets the readout of the token it was fed
+    (or, in its first forward, of its prompt, when asked), then every row's next token is sampled and
+    accepted (a cancelled row finishes). hidden: block -> (b, t, hidden) of this forward (after
+    steering); logits (b, V) at each row's last position; first (b,): the forward was the row's prefill;
+    mask (b, t): the real positions of this forward's inputs. Returns the sampled tokens (b,)."""
+    for i, row in enumerate(rows):
+        if row.done or row.req.cancelled or not row.reads:
+            continue
+        req = row.req
+        assert req.readout_layer is not None and req.score is not None
+        h = hidden[req.readout_layer][i].float()  # (t, hidden)
+        if first[i]:
+            if req.prompt_readout:
+                real = h[mask[i].bool().to(h.device)][-len(req.prompt_ids) :]  # (P, hidden)
+                sc = req.score(real.cpu()).tolist()
+                toks = [
+                    {"token": row.tok.decode([t]), "id": t, "scores": s}
+                    for t, s in zip(req.prompt_ids, sc, strict=True)
+                ]
+                req.emit({"type": "prompt", "tokens": toks})
+        else:
+            row.ready(row.tokens[-1], req.score(h[-1:].cpu())[0].tolist())
+    live = [not r.done and not r.req.cancelled for r in rows]
+    nxt = sample_rows(
+        logits.float(),
+        [r.req.temperature if ok else 0.0 for r, ok in zip(rows, live, strict=True)],
+        [r.req.top_k for r in rows],
+        [r.req.top_p for r in rows],
+        [r.generator for r in rows],
+    )
+    for i, row in enumerate(rows):
+        if row.req.cancelled and not row.done:
+            row.finish("cancelled")
+        row.accept(int(nxt[i]))
+    return nxt
+
+
 class _Stepper:
     """The LogitsProcessor and StoppingCriteria of one batch: reads the residuals the readout hooks
     kept for this step, sends each row's completed tokens, samples every row's next token."""
@@ -164,36 +203,8 @@ class _Stepper:
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         k, self.step = self.step, self.step + 1
-        for i, row in enumerate(self.rows):
-            if row.done or row.req.cancelled or not row.reads:
-                continue
-            req = row.req
-            assert req.readout_layer is not None and req.score is not None
-            h = self.hidden[req.readout_layer][i].float()  # (t, hidden)
-            if k == 0:
-                if req.prompt_readout:
-                    real = h[self.mask[i].bool().to(h.device)][-len(req.prompt_ids) :]  # (P, hidden)
-                    sc = req.score(real.cpu()).tolist()
-                    toks = [
-                        {"token": row.tok.decode([t]), "id": t, "scores": s}
-                        for t, s in zip(req.prompt_ids, sc, strict=True)
-                    ]
-                    req.emit({"type": "prompt", "tokens": toks})
-            else:
-                row.ready(row.tokens[-1], req.score(h[-1:].cpu())[0].tolist())
+        nxt = advance(self.rows, self.hidden, scores, [k == 0] * len(self.rows), self.mask)
         self.hidden.clear()
-        live = [r for r in self.rows if not r.done and not r.req.cancelled]
-        nxt = sample_rows(
-            scores.float(),
-            [r.req.temperature if r in live else 0.0 for r in self.rows],
-            [r.req.top_k for r in self.rows],
-            [r.req.top_p for r in self.rows],
-            [r.generator for r in self.rows],
-        )
-        for i, row in enumerate(self.rows):
-            if row.req.cancelled and not row.done:
-                row.finish("cancelled")
-            row.accept(int(nxt[i]))
         out = torch.full_like(scores, -torch.inf)
         out.scatter_(1, nxt[:, None].to(scores.device), 0.0)
         return out

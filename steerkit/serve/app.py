@@ -90,7 +90,7 @@ def create_app(ctx: ServeContext, engine: Engine) -> FastAPI:
     @app.get("/health")
     async def health() -> dict[str, Any]:
         return {"status": "ok", "model": ctx.model_id, "concepts": len(ctx.vectors.concepts),
-                "batched": engine.batched}  # fmt: skip
+                "batched": engine.batched, "engine": engine.mode}  # fmt: skip
 
     @app.get("/v1/models")
     async def models() -> dict[str, Any]:

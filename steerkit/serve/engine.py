@@ -5,12 +5,16 @@ an `emit` callback for its events) and runs them; `cancel()` on a request frees 
 step. Work that must not overlap generation (reading a text, which runs the same model) goes through
 `call`. Any engine with `start`, `stop`, `submit`, `call` and `batched` plugs in behind the server.
 
-The embedded engine: one worker thread owns the model. It takes the first waiting request, waits a
-short window (at most 50 ms, and only while fewer requests have come than there were clients at the
-end of the last batch) for others (up to --max-batch), and decodes them as one left-padded batch with per-row
-steering, sampling and readout (`generation.stream.run_stream`); requests that arrive meanwhile form
-the next batch. Families whose cached generation is wrong under left padding (the apparatus check at
-start) run one request at a time.
+The embedded engine: one worker thread owns the model. Families whose KV cache can take rows in and out
+(plain full attention: Llama, Qwen, GPT-2, GPT-NeoX; `generation.continuous.supports`) batch
+continuously: requests that arrive while others decode are prefilled and join the running batch at the
+next step, and each leaves it as soon as it finishes (`generation.continuous.Decoder`, up to
+--max-batch rows). Other families (recurrent, hybrid, sliding-window caches) run whole batches: the
+worker takes the first waiting request, waits a short window (at most 50 ms, and only while fewer
+requests have come than there were clients at the end of the last batch) for others, and decodes them
+as one left-padded batch (`generation.stream.run_stream`). Either way each row has its own steering,
+sampling and readout. An apparatus check at start confirms that batched generation equals one request
+alone (continuous: with requests joining mid-way); a family that fails it runs one request at a time.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from typing import Any, Protocol
 
 import torch
 
+from ..generation.continuous import Decoder, run_continuous, supports
 from ..generation.stream import StreamRequest, run_stream
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,9 @@ class QueueFull(Exception):
 
 class Engine(Protocol):
     batched: bool
+
+    @property
+    def mode(self) -> str: ...  # continuous | batched | one at a time
 
     def start(self) -> None: ...
     def stop(self, timeout: float = 10.0) -> None: ...
@@ -53,7 +61,8 @@ class WorkQueue:
         self._q: queue.Queue[Any] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.batches = 0  # batches (embedded) or steps (vLLM) run, for tests and the benchmark
+        self.batches = 0  # batches (embedded) or steps (vLLM and continuous embedded) run, for tests and the benchmark
+        self.peak = 0  # the most rows decoded in one forward so far
         self.finished: Counter[str] = Counter()  # finish reasons so far (stop, length, cancelled, error)
 
     def _room(self) -> None:
@@ -102,42 +111,67 @@ class EmbeddedEngine(WorkQueue):
     """Generation in this process, on the model steerkit loaded (every family steerkit supports)."""
 
     def __init__(self, lm: Any, max_batch: int = 8, max_queue: int = 64, window_s: float = 0.05,
-                 batched: bool | None = None) -> None:  # fmt: skip
+                 batched: bool | None = None, continuous: bool | None = None) -> None:  # fmt: skip
+        """batched / continuous None: decided by the apparatus check; continuous needs batched."""
         super().__init__(max_batch, max_queue)
         self.lm, self.window_s = lm, window_s
-        self._clients = 1  # requests expected for the next batch (see _loop)
+        self._clients = 1  # requests expected for the next batch (see _loop_batches)
         self._running: list[StreamRequest] = []
         self.batched = self._check_batching() if batched is None else batched
+        if not self.batched:
+            continuous = False
+        self.continuous = self._check_continuous() if continuous is None else continuous
+
+    @property
+    def mode(self) -> str:
+        """continuous | batched | one at a time."""
+        return "continuous" if self.continuous else ("batched" if self.batched else "one at a time")
 
     # ---- apparatus check ---------------------------------------------------------------------------
+    def _check_prompts(self) -> list[list[int]]:
+        tok = self.lm.tokenizer
+        prompts = [list(tok(t)["input_ids"]) for t in ("The meeting began", "Hi", "It was late at night and")]
+        return [p for p in prompts if p] or [[0]]
+
+    def _greedy(self, prompts: list[list[int]], how: Callable[[list[StreamRequest]], Any]) -> list[list[int]]:
+        """The greedy tokens (six per prompt) of `how` run on one request per prompt."""
+        out: list[list[int]] = [[] for _ in prompts]
+
+        def keep(i: int) -> Callable[[dict[str, Any]], None]:
+            def emit(e: dict[str, Any]) -> None:
+                if e["type"] == "delta":
+                    out[i].extend(t["id"] for t in e["tokens"])
+
+            return emit
+
+        how([StreamRequest(p, 6, keep(i)) for i, p in enumerate(prompts)])
+        return out
+
+    def _alone(self, prompts: list[list[int]]) -> list[list[int]]:
+        return [self._greedy([p], lambda r: run_stream(self.lm, r, batched=True))[0] for p in prompts]
+
     def _check_batching(self) -> bool:
-        """True when a left-padded batch generates exactly what one request alone does (greedy, two
+        """True when a left-padded batch generates exactly what one request alone does (greedy, three
         prompt lengths, six tokens); recurrent families are never batched."""
         if self.lm.adapter.recurrent:
             return False
-        tok = self.lm.tokenizer
-        prompts = [list(tok("The meeting began")["input_ids"]), list(tok("Hi")["input_ids"])]
-        prompts = [p for p in prompts if p] or [[0]]
-
-        def run(batch: list[list[int]]) -> list[list[int]]:
-            out: list[list[int]] = [[] for _ in batch]
-
-            def keep(i: int) -> Callable[[dict[str, Any]], None]:
-                def emit(e: dict[str, Any]) -> None:
-                    if e["type"] == "delta":
-                        out[i].extend(t["id"] for t in e["tokens"])
-
-                return emit
-
-            reqs = [StreamRequest(p, 6, keep(i)) for i, p in enumerate(batch)]
-            run_stream(self.lm, reqs, batched=True)
-            return out
-
-        alone = [run([p])[0] for p in prompts]
-        together = run(prompts)
-        same = alone == together
+        prompts = self._check_prompts()
+        same = self._alone(prompts) == self._greedy(prompts, lambda r: run_stream(self.lm, r, batched=True))
         if not same:
             log.warning("%s: batched generation differs from one request at a time; serving one at a time",
+                        self.lm.info.get("spec", "model"))  # fmt: skip
+        return same
+
+    def _check_continuous(self) -> bool:
+        """True when the family's cache can take rows in and out and requests joining a running batch at
+        steps 0, 2 and 3 generate exactly what each does alone (greedy)."""
+        if not supports(self.lm):
+            return False
+        prompts = self._check_prompts()
+        joined = self._greedy(prompts, lambda r: run_continuous(self.lm, r, join_at=[0, 2, 3][: len(r)]))
+        same = joined == self._alone(prompts)
+        if not same:
+            log.warning("%s: requests joining a running batch differ from one alone; serving whole batches",
                         self.lm.info.get("spec", "model"))  # fmt: skip
         return same
 
@@ -168,6 +202,49 @@ class EmbeddedEngine(WorkQueue):
     # ---- the worker ----------------------------------------------------------------------------------
     def _loop(self) -> None:
         torch.set_grad_enabled(False)
+        if self.continuous:
+            self._loop_continuous()
+        else:
+            self._loop_batches()
+
+    def _loop_continuous(self) -> None:
+        """Before every decode step: run waiting calls, admit waiting requests up to max_batch rows (one
+        prefill for those that came together), then step every running row once."""
+        dec = Decoder(self.lm)
+        while not self._stop.is_set():
+            new: list[StreamRequest] = []
+            stop = False
+            while len(dec) + len(new) < self.max_batch:
+                try:
+                    item = self._q.get() if not len(dec) and not new else self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+                if isinstance(item, tuple):
+                    self._run_call(*item)
+                    continue
+                new.append(item)
+            try:
+                if new:
+                    self._running = [r.req for r in dec.rows] + new
+                    dec.admit(new)
+                if len(dec):
+                    self.peak = max(self.peak, len(dec))
+                    self._running = [r.req for r in dec.rows]
+                    dec.step()
+                    self.batches += 1
+            except Exception:
+                log.exception("generation failed for %d running rows", len(dec) + len(new))
+                dec = Decoder(self.lm)  # the failed rows were finished with reason "error"
+            self._running = [r.req for r in dec.rows]
+            if stop:
+                break
+        dec.cancel_all()
+        self._running = []
+
+    def _loop_batches(self) -> None:
         while not self._stop.is_set():
             item = self._q.get()
             if item is None:
@@ -192,6 +269,7 @@ class EmbeddedEngine(WorkQueue):
                     break
                 batch.append(nxt)
             self._running = batch
+            self.peak = max(self.peak, len(batch))
             try:
                 run_stream(self.lm, batch, batched=self.batched)
                 self.batches += 1

@@ -32,6 +32,7 @@ class VllmEngine(WorkQueue):
     worker builds each edit from the vectors it loaded at start."""
 
     batched = True
+    mode = "continuous"  # vLLM schedules continuously
     builds_edits_itself = True  # the worker builds each edit from the request's settings
 
     def __init__(self, ctx: Any, max_batch: int = 8, max_queue: int = 64, kv_cache_gb: float = 1.0,

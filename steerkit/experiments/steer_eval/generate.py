@@ -4,12 +4,15 @@ Generation itself (per-row steering `RowSteer`, `generate_chunk`) lives in steer
 - `continuation_nll`: mean -log p(token) of each continuation under the unsteered model, given its
   prompt (teacher forced, right-padded).
 - `reread`: each continuation alone, re-read by the unsteered model (one capture call), pooled as
-  the readout was made and projected on every concept (centred, as `read` does).
+  the readout was made and scored on every concept by what `read` uses (`ConceptVectors.read_scores`:
+  the run's readout probe, log p(concept | text), when it has one at that layer, else centred
+  projections on the vectors). The judge is thus the same whichever vector method steers.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from typing import Any
 
 import numpy as np
@@ -20,7 +23,7 @@ from .. import measures as M
 from ..batch import Prepared, tf_batch
 
 __all__ = ["GenSpec", "RowSteer", "choose_steer_sampler", "continuation_nll", "degeneration", "generate_chunk",
-           "reread", "trim"]  # fmt: skip
+           "reader", "reread", "trim"]  # fmt: skip
 
 log = logging.getLogger(__name__)
 LOGIT_BUDGET = 1 << 24  # logits (rows x positions x vocab) held at once by the NLL pass
@@ -70,16 +73,24 @@ def continuation_nll(lm: Any, prompts: list[list[int]], conts: list[list[int]]) 
 
 def reread(lm: Any, vectors: Any, layer: int, texts: list[str], max_batch_tokens: int = 1024) -> np.ndarray:
     """Concept scores (rows, n_concepts) of each text alone under the unsteered model, pooled as the
-    readout was made; an empty text reads as the centre (all scores 0)."""
+    readout was made and scored by `vectors.read_scores`. An empty text reads as knowing nothing: the
+    uniform log-probability -log C under a probe, the centre (all 0) under projections."""
     from ...capture import capture, parse_pooling
 
-    out = np.zeros((len(texts), len(vectors.concepts)))
+    n_c = len(vectors.concepts)
+    empty = -math.log(n_c) if layer in vectors.probes else 0.0
+    out = np.full((len(texts), n_c), empty)
     keep = [r for r, t in enumerate(texts) if t]
     if keep:
         pooling = parse_pooling(vectors.meta.get("pooling", "mean"))
         res = capture(lm, [texts[r] for r in keep], [layer], pooling=pooling, max_batch_tokens=max_batch_tokens)
-        out[keep] = vectors.scores(res.resid[layer], layer).double().numpy()
+        out[keep] = vectors.read_scores(res.resid[layer], layer).double().numpy()
     return out
+
+
+def reader(vectors: Any, layer: int) -> str:
+    """What judges the continuations at `layer`: 'probe' (log-probabilities) or 'projection'."""
+    return "probe" if layer in vectors.probes else "projection"
 
 
 def degeneration(tokens: list[int]) -> tuple[float, float]:

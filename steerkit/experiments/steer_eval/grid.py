@@ -95,6 +95,12 @@ def _sha(*parts: Any) -> str:
 
 
 def readout_key(cv: Any, layer: int) -> str:
+    """Everything the re-reading's scores depend on: the concepts, pooling, and the probe's tensors when
+    the run has one at `layer` (it judges then), else the vectors and centre."""
+    probe = cv.probes.get(layer)
+    if probe is not None:
+        parts = [probe.weight, probe.bias, probe.mean, probe.scale]
+        return _sha("probe", cv.concepts, layer, cv.meta.get("pooling"), *(t.float().numpy().tobytes() for t in parts))
     c = cv.centers.get(layer)
     return _sha(cv.concepts, layer, cv.meta.get("pooling"), cv.vectors[layer].float().numpy().tobytes(),
                 b"" if c is None else c.float().numpy().tobytes())  # fmt: skip

@@ -112,7 +112,7 @@ def render_markdown(rep: dict[str, Any]) -> str:
         "# steer-eval",
         "",
         f"Vectors: `{src.get('vectors', '?')}` (model {src.get('model', '?')}); readout layer "
-        f"{src.get('readout_layer')} ({src.get('pooling')}); layers {rep['layers']}, alphas {rep['alphas']} "
+        f"{src.get('readout_layer')} ({src.get('pooling')}, judged by the {src.get('reader', 'projection')}); layers {rep['layers']}, alphas {rep['alphas']} "
         f"({cfg['scale']}); {rep['n_units']} units ({src.get('n_prompts')} prompts x "
         f"{1 if cfg['greedy'] else cfg['seeds']} seeds, {'greedy' if cfg['greedy'] else 'sampled'}, "
         f"{cfg['max_new_tokens']} tokens); {cfg['random_draws']} random directions per layer; sampler "

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .config import SteerEvalConfig
+from .generate import reader
 from .grid import Progress, RowCache, run_grid
 from .inputs import (
     best_readout_layer,
@@ -110,6 +111,7 @@ def evaluate(
         "model": lm.info.get("spec"),
         "fingerprint": fp,
         "readout_layer": readout_layer,
+        "reader": reader(cv, readout_layer),
         "pooling": cv.meta.get("pooling"),
         "readout_sha256": sha256_file(run / "readout.safetensors"),
         "corpus_sha256": cv.meta.get("corpus", {}).get("sha256"),

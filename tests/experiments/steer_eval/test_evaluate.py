@@ -226,3 +226,39 @@ def test_draws_test_matches_the_t_prediction_interval():
     assert 0.04 <= np.mean(hits) <= 0.06
     assert stats.draws_test(10.0, [0.0, 1.0, -1.0]) < 0.05 and stats.draws_test(-10.0, [0.0, 1.0, -1.0]) > 0.95
     assert stats.draws_test(1.0, [0.0, 0.0]) == 0.0 and stats.draws_test(0.0, [0.0, 0.0]) == 1.0
+
+
+def test_reread_is_the_probe_when_the_run_has_one(peaked):
+    """The judge of steered text is what `read` uses: with a probe, log-softmax of the probe on the
+    standardised mean_after:1 pooling of the text alone (an independent forward through the
+    output_hidden_states rule); without one, the centred projection. An empty text reads as knowing
+    nothing. The row-cache key changes with the judge."""
+    from steerkit.experiments.steer_eval.grid import readout_key
+    from steerkit.vectors.probe import Probe
+
+    lm = peaked
+    g = torch.Generator().manual_seed(5)
+    vec = torch.nn.functional.normalize(torch.randn(3, 32, generator=g))
+    center = torch.randn(32, generator=g)
+    plain = ConceptVectors(["a", "b", "c"], [1], {1: vec}, {1: torch.ones(3)}, {"pooling": "mean_after:1"},
+                           {1: center})  # fmt: skip
+    probe = Probe(torch.randn(3, 32, generator=g), torch.randn(3, generator=g), torch.randn(32, generator=g),
+                  torch.rand(32, generator=g) + 0.5, 0.01)  # fmt: skip
+    judged = ConceptVectors(["a", "b", "c"], [1], {1: vec}, {1: torch.ones(3)}, {"pooling": "mean_after:1"},
+                            {1: center}, probes={1: probe})  # fmt: skip
+    texts = ["She opened the letter slowly.", "", "The rain kept falling on the roof all night long."]
+    want_p, want_s = np.zeros((3, 3)), np.zeros((3, 3))
+    for i, t in enumerate(texts):
+        if not t:
+            continue
+        ids = lm.tokenizer(t, return_tensors="pt").input_ids
+        with torch.no_grad():
+            h = lm.model(ids, output_hidden_states=True).hidden_states[lm.adapter.hidden_states_index(1)][0]
+        pooled = h[1:].double().mean(0)  # mean_after:1
+        z = (pooled - probe.mean.double()) / probe.scale.double()
+        want_p[i] = torch.log_softmax(z @ probe.weight.double().t() + probe.bias.double(), -1).numpy()
+        want_s[i] = ((pooled - center.double()) @ vec.double().t()).numpy()
+    want_p[1] = -np.log(3)
+    np.testing.assert_allclose(reread(lm, judged, 1, texts), want_p, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(reread(lm, plain, 1, texts), want_s, rtol=1e-4, atol=1e-4)
+    assert readout_key(judged, 1) != readout_key(plain, 1)

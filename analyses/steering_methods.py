@@ -1,0 +1,147 @@
+"""steering_methods: which vector method steers the most concepts (the steering default, by evidence)?
+
+For each method (default caa, centered, logistic) it runs `steerkit extract --method M` on the same
+corpus and model (the activation cache makes every capture after the first free), then the same
+reduced `steerkit steer-eval` grid on every concept. The judge is the same for all methods: steer-eval
+re-reads each continuation with the run's readout probe (fitted on the same activations whatever the
+method), so only the steering direction differs between the columns. A concept is steerable when it
+has an operating point (beats random directions after Holm, success >= 50%, NLL increase <= 1
+nat/token). The method with the most steerable concepts (ties: lower median NLL increase) is the
+evidence for `extract`'s default. `--quick`: a tiny random model, two concepts, one layer, greedy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402
+
+
+def steerkit(*args: str) -> None:
+    exe = Path(sys.executable).with_name("steerkit")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=common.ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"steerkit {args[0]} failed: {(proc.stderr or proc.stdout)[-800:]}")
+
+
+def main() -> None:
+    ap = common.parser(__doc__)
+    ap.add_argument("--methods", default="caa,centered,logistic", help="vector methods to compare")
+    ap.add_argument("--layers", default="15,20", help="steered blocks (run layers of the default extract)")
+    ap.add_argument("--alphas", default="0,4,8", help="steering strengths (absolute)")
+    ap.add_argument("--prompts", type=int, default=8, help="neutral prompts (the first N of the default set)")
+    ap.add_argument("--seeds", type=int, default=2, help="sampled continuations per prompt")
+    ap.add_argument("--random-draws", type=int, default=8, help="random directions per layer")
+    ap.add_argument("--work", default=None, help="working folder to keep and resume (default: temporary)")
+    args = ap.parse_args()
+    if args.work:
+        Path(args.work).mkdir(parents=True, exist_ok=True)
+        run(args, Path(args.work))
+    else:
+        with common.scratch("steering_methods", args.keep) as work:
+            run(args, work)
+
+
+def run(args: argparse.Namespace, work: Path) -> None:
+    out = common.out_dir("steering_methods", args)
+    clock = common.Clock()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    if args.quick:
+        lm = common.tiny_lm()
+        model = str(work / "tiny-llama")
+        lm.model.save_pretrained(model)
+        lm.tokenizer.save_pretrained(model)
+        corpus = common.QUICK_CORPUS
+        extract_extra = ["--no-preflight", "--no-cache", "--layers", "1,3"]
+        grid = ["--concepts", "calm,sad", "--layers", "1", "--alphas", "0,4", "--greedy", "--max-new-tokens", "6",
+                "--random-draws", "2", "--prompts", _prompts(work, 3)]  # fmt: skip
+    else:
+        model, corpus, extract_extra = args.model, common.corpus_for(args), []
+        grid = ["--layers", args.layers, "--alphas", args.alphas, "--seeds", str(args.seeds),
+                "--random-draws", str(args.random_draws), "--prompts", _prompts(work, args.prompts)]  # fmt: skip
+    per: dict[str, dict] = {}
+    for m in methods:
+        run_dir = work / f"run-{m}"
+        if not (run_dir / "readout.safetensors").is_file():
+            steerkit("extract", "--stories", str(corpus), "--model", model, "--method", m, "--out", str(run_dir),
+                     *extract_extra)  # fmt: skip
+        steerkit("steer-eval", "--vectors", str(run_dir), "--out", str(work / f"eval-{m}"), *grid)
+        rep = json.loads((work / f"eval-{m}" / "steer_eval.json").read_text())
+        per[m] = {"summary": rep["summary"], "operating_points": rep["operating_points"],
+                  "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer")}  # fmt: skip
+        layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
+    ranking = sorted(methods, key=lambda m: (-per[m]["summary"]["n_steerable"], _median(per[m])))
+    results = {"methods": per, "ranking": ranking, "best": ranking[0], "layers": layers, "alphas": alphas,
+               "n_units": n_units, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
+    results["seconds"] = clock.seconds
+    results["environment"] = common.environment()
+    common.write_results(out, results, _report(results))
+
+
+def _median(entry: dict) -> float:
+    m = entry["summary"].get("median_nll_increase")
+    return float("inf") if m is None else float(m)
+
+
+def _prompts(work: Path, n: int) -> str:
+    src = common.ROOT / "corpora" / "prompts" / "neutral_openings.jsonl"
+    (work / "prompts.jsonl").write_text("\n".join(src.read_text().splitlines()[:n]) + "\n")
+    return str(work / "prompts.jsonl")
+
+
+def _pct(x: float | None) -> str:
+    return "—" if x is None else f"{x:.0%}"
+
+
+def _report(results: dict) -> str:
+    per, methods = results["methods"], results["ranking"]
+    concepts = list(per[methods[0]]["operating_points"])
+    head = "| | " + " | ".join(methods) + " |"
+    rule = "|---" * (len(methods) + 1) + "|"
+    rows = []
+    for label, key, fmt in [("steerable concepts", "n_steerable", str), ("share", "share_steerable", _pct),
+                            ("median NLL increase at the operating points", "median_nll_increase",
+                             lambda x: "—" if x is None else f"{x:.2f}"),
+                            ("median success at the operating points", "median_success", _pct),
+                            ("random-direction success", "random_success", _pct)]:  # fmt: skip
+        rows.append(f"| {label} | " + " | ".join(fmt(per[m]["summary"].get(key)) for m in methods) + " |")
+    table = ["| concept | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    for c in concepts:
+        cells = []
+        for m in methods:
+            op = per[m]["operating_points"].get(c)
+            cells.append("—" if not op else f"{op['success']:.0%} (L{op['layer']}, a={op['alpha']:g})")
+        table.append(f"| {c} | " + " | ".join(cells) + " |")
+    best = results["best"]
+    s = per[best]["summary"]
+    reader = per[best].get("reader")
+    return "\n".join([
+        "# steering_methods",
+        "",
+        f"Question: which vector method steers the most concepts? Model {results['model']}; the same reduced steer-eval "
+        f"grid for every method: layers {results['layers']}, alphas {results['alphas']}, {results['n_units']} prompt x "
+        f"seed units per arm; every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
+        f"(the same reader whatever the method). Runtime {results['seconds']:.0f} s.",
+        "",
+        f"**Headline:** `{best}` steers the most concepts: {s.get('n_steerable')} of {s.get('n_concepts')} "
+        f"({_pct(s.get('share_steerable'))}); ranking {' > '.join(f'`{m}`' for m in methods)} "
+        f"({', '.join(str(per[m]['summary']['n_steerable']) for m in methods)}).",
+        "",
+        head,
+        rule,
+        *rows,
+        "",
+        "Operating point per concept (success, layer, alpha):",
+        "",
+        *table,
+    ]) + "\n"  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
