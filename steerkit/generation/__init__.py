@@ -8,7 +8,9 @@ generation equals full recomputation. intervene, steer-eval, `steer`, `LoadedMod
 - steer.py:    per-row steering (a different edit per row, on one or several blocks)
 - check.py:    the apparatus check that picks a sampler (batched / per prompt / recompute)
 - stream.py:   token-by-token generation of independent requests (per-row steering, sampling, stop
-               conditions, readout rows), the engine of `steerkit serve`
+               conditions, readout rows) in whole batches
+- continuous.py: the same rows batched continuously (requests join a running KV cache between steps
+               and leave when done), the embedded engine of `steerkit serve`
 """
 
 from .batch import (
