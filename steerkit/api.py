@@ -56,7 +56,7 @@ def quality_report(
     meta = [{"sha256": "", "concepts": sorted(s), "sources": [{"kind": "text", "file": "<memory>", "line": i + 1}]}
             for i, s in enumerate(sets)]  # fmt: skip
     w_down = {
-        la: w.float().cpu() for la in vectors.layers if (w := lm.adapter.mlp_down_weight(lm.model, la)) is not None
+        la: w.float().cpu() for la in vectors.layers if (w := lm.adapter.mlp_write_directions(lm.model, la)) is not None
     }
     data = RunData(Path("<memory>"), vectors, res.resid, res.heads, {}, w_down, meta, manifest or {})
     cfg = QualityConfig(ridge_lambda=ridge_lambda, k_folds=k_folds, seed=seed)

@@ -89,6 +89,16 @@ def smollm():
 
 
 @pytest.fixture(scope="session")
+def gemma3():
+    """The real Gemma 3 270M (pulled by `make test` before pytest runs, like smollm2-135m)."""
+    from steerkit.models import load, zoo
+
+    if not zoo.is_present("gemma3-270m"):
+        absent("gemma3-270m is not cached; run `steerkit models pull gemma3-270m`")
+    return load("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
 def shared_rwkv():
     if not SHARED_RWKV.is_dir():
         absent("../shared/models/tiny-rwkv-4-660k is absent")

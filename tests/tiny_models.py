@@ -155,6 +155,24 @@ def _jamba() -> T.PretrainedConfig:
     )
 
 
+def _gemma3() -> T.PretrainedConfig:
+    # sliding-window (local) and global attention alternate; a window of 4 tokens is shorter than the
+    # test texts, so the local blocks really drop context
+    return T.Gemma3TextConfig(
+        vocab_size=VOCAB,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=8,
+        query_pre_attn_scalar=8,
+        sliding_window=4,
+        layer_types=["sliding_attention", "full_attention", "sliding_attention", "full_attention"],
+        max_position_embeddings=256,
+    )
+
+
 CONFIGS: dict[str, Callable[[], T.PretrainedConfig]] = {
     "llama": _llama,
     "qwen2": _qwen2,
@@ -167,7 +185,13 @@ CONFIGS: dict[str, Callable[[], T.PretrainedConfig]] = {
     "qwen3_next": _qwen3_next,
     "qwen3_5": _qwen3_5,
     "jamba": _jamba,
+    "gemma3": _gemma3,
 }
+
+
+# Families whose norms start as the identity (Gemma's zero-initialised (1 + weight)): random norm
+# weights make the oracles see a wrong norm convention or a skipped norm.
+RANDOM_NORMS = {"gemma3"}
 
 
 def build(family: str, seed: int = 0) -> torch.nn.Module:
@@ -175,4 +199,9 @@ def build(family: str, seed: int = 0) -> torch.nn.Module:
     torch.manual_seed(seed)
     cfg = CONFIGS[family]()
     model = T.AutoModelForCausalLM.from_config(cfg)
+    if family in RANDOM_NORMS:
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if name.endswith("norm.weight"):
+                    p.normal_(0.0, 0.2)
     return model.eval()

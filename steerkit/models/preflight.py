@@ -147,7 +147,7 @@ def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:
         "family": desc["family"],
         "blocks": desc["n_blocks"],
         "block kinds": desc["block_kinds"],
-        "hidden size": int(getattr(lm.model.config, "hidden_size", 0) or getattr(lm.model.config, "n_embd", 0)),
+        "hidden size": lm.adapter.hidden_size(lm.model),
         "heads per mixer": ", ".join(
             f"{h['kind']}: {h['n_heads']}x{h['head_dim']}" if h.get("n_heads") else f"{h['kind']}: no heads"
             for h in desc["heads"]  # type: ignore[union-attr]
@@ -165,6 +165,12 @@ def run(lm: LoadedModel, *, allow_untrained: bool = False) -> PreflightReport:
     }
     if desc.get("block_kind_pattern"):
         rep.table["block pattern"] = "".join(k[0].upper() for k in desc["block_kind_pattern"])  # type: ignore[union-attr]
+    if desc.get("attention_windows"):  # Gemma 2/3: L = sliding-window (local) attention, G = global
+        windows: list[int | None] = desc["attention_windows"]  # type: ignore[assignment]
+        sizes = sorted({w for w in windows if w})
+        rep.table["attention pattern"] = "".join("L" if w else "G" for w in windows) + (
+            f" (L: window {', '.join(map(str, sizes))} tokens)"
+        )
     rep.ok = not rep.failures
     return rep
 

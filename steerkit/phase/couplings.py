@@ -5,9 +5,10 @@ With g(R) = R - center and a learnable strength alpha:
                     a following RMSNorm/LayerNorm divides the factor away again: see tests);
 - additive:        h <- h + alpha g(R) rms(h) u / |u|   at the block output; u learnable or a given
                     direction (e.g. a concept vector), scaled to the residual norm of each token;
-- gate:            m <- m * (1 + alpha g(R))            on the mixer's output projection (attention
-                    o_proj, Gated DeltaNet / Mamba out_proj, RWKV attention.output), i.e. R scales
-                    the mixer's contribution to the residual stream.
+- gate:            m <- m * (1 + alpha g(R))            on the mixer's write into the residual stream
+                    (attention o_proj, Gated DeltaNet / Mamba out_proj, RWKV attention.output;
+                    Gemma 2/3: the post-attention norm after o_proj, which would divide a factor on
+                    o_proj away), i.e. R scales the mixer's contribution to the residual stream.
 
 The drive of the core is the residual stream at the coupled block: its output for the block-output
 couplings, its input for `gate` (R must be known before the mixer runs). The user's model is never
@@ -220,7 +221,7 @@ class PhaseHook:
         try:
             if self.coupling.site == "mixer_output":
                 self._handles.append(block.register_forward_pre_hook(self._block_input_hook, with_kwargs=True))
-                mixer = a.mixer_out_module(model, self.layer)
+                mixer = a.mixer_write_module(model, self.layer)
                 self._handles.append(mixer.register_forward_hook(self._mixer_output_hook))
             else:
                 self._handles.append(block.register_forward_hook(self._block_output_hook))

@@ -280,7 +280,7 @@ def extract(
     downs = {
         f"layer_{la}": w.to("cpu", torch.float16).contiguous()
         for la in layers
-        if (w := lm.adapter.mlp_down_weight(lm.model, la)) is not None
+        if (w := lm.adapter.mlp_write_directions(lm.model, la)) is not None
     }
     if downs:
         atomic_save_safetensors(downs, out / "mlp_down.safetensors")

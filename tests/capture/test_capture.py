@@ -78,7 +78,7 @@ def test_heads_through_out_projection_equal_mixer_output(family, tiny_lm_factory
             torch.testing.assert_close(recon, got["o"], atol=1e-5, rtol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen3"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "gpt_neox", "qwen3", "gemma3"])
 def test_left_padding_equals_right_padding(family, tiny_lm_factory):
     lm = tiny_lm_factory(family)
     for pooling in ("last", "mean"):

@@ -4,7 +4,9 @@ through the mixer out-projection, MLP down-projection orientation."""
 from __future__ import annotations
 
 import pytest
+import tiny_models
 import torch
+import transformers as T
 from conftest import FAMILIES
 
 from steerkit.errors import UnsupportedArchitectureError
@@ -50,7 +52,10 @@ def _run_with_hooks(lm, ids):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_adapter_oracles(family, tiny_lm_factory):
-    lm = tiny_lm_factory(family)
+    _check_oracles(tiny_lm_factory(family))
+
+
+def _check_oracles(lm):
     a, model = lm.adapter, lm.model
     ids = torch.randint(0, 256, (2, 9))
     out, blocks, mix_in, mix_out, down_in, down_out = _run_with_hooks(lm, ids)
@@ -83,6 +88,88 @@ def test_adapter_oracles(family, tiny_lm_factory):
         torch.testing.assert_close(
             down_in[i] @ wd.t() + (bias if bias is not None else 0), down_out[i], atol=1e-5, rtol=1e-4
         )
+
+
+def _gemma_variant(kind):
+    """Tiny Gemma 1, Gemma 2 and Gemma 3 image-text models (the text Gemma 3 is in FAMILIES)."""
+    small = dict(vocab_size=tiny_models.VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, head_dim=8, max_position_embeddings=256)  # fmt: skip
+    if kind == "gemma":
+        cfg = T.GemmaConfig(**small)
+    elif kind == "gemma2":  # alternates sliding and global attention; caps its logits
+        cfg = T.Gemma2Config(**small, sliding_window=4, query_pre_attn_scalar=8)
+    else:
+        vision = T.SiglipVisionConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                      image_size=16, patch_size=8)  # fmt: skip
+        cfg = T.Gemma3Config(text_config=tiny_models.CONFIGS["gemma3"](), vision_config=vision, mm_tokens_per_image=4)
+    torch.manual_seed(0)
+    model = T.AutoModelForCausalLM.from_config(cfg).eval()
+    with torch.no_grad():  # (1 + weight) norms start as the identity: make a wrong convention visible
+        for name, p in model.named_parameters():
+            if name.endswith("norm.weight"):
+                p.normal_(0.0, 0.2)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["gemma", "gemma2", "gemma3_image_text"])
+def test_gemma_variants(kind, tiny_tok):
+    from steerkit.models import from_model
+
+    lm = from_model(_gemma_variant(kind), tiny_tok, spec=f"tiny-{kind}")
+    assert lm.adapter.family == "gemma"
+    _check_oracles(lm)
+    windows = [i.attention_window for i in lm.adapter.block_infos(lm.model)]
+    assert windows == ([None] * 4 if kind == "gemma" else [4, None, 4, None])
+    post = [i.mixer_post_norm for i in lm.adapter.block_infos(lm.model)]
+    assert post == [None if kind == "gemma" else "post_attention_layernorm"] * 4
+    if kind == "gemma3_image_text":  # the text blocks, not the vision tower's
+        assert lm.adapter.blocks(lm.model) is lm.model.model.language_model.layers
+
+
+@pytest.mark.parametrize("family", ["gemma3", "llama"])
+def test_what_a_block_writes_into_the_residual_stream(family, tiny_lm_factory):
+    """block output - block input = the mixer's write (`mixer_write_module`'s output) + the MLP's write;
+    and the MLP's write is `mlp_write_directions` @ the neuron activations, divided per token by the
+    post-norm's rms (Gemma) or not at all (Llama, where the directions are the down weight itself)."""
+    lm = tiny_lm_factory(family)
+    a, model = lm.adapter, lm.model
+    ids = torch.randint(0, 256, (2, 9))
+    for i in range(a.n_blocks(model)):
+        info, block = a.block_info(model, i), a.blocks(model)[i]
+        seen: dict[str, torch.Tensor] = {}
+
+        def keep(key, seen=seen):
+            return lambda m, inp, out: seen.__setitem__(key, a.get_hidden(out))
+
+        def keep_input(m, args, kw, seen=seen):
+            seen["in"] = kw.get("hidden_states", args[0] if args else None)
+
+        def keep_down(m, inp, out, seen=seen):
+            seen["act"], seen["down"] = inp[0], out
+
+        post = get_module(block, info.mlp_post_norm) if info.mlp_post_norm else a.mlp_down_module(model, i)
+        hooks = [
+            block.register_forward_pre_hook(keep_input, with_kwargs=True),
+            block.register_forward_hook(keep("out")),
+            a.mixer_write_module(model, i).register_forward_hook(keep("mix")),
+            a.mlp_down_module(model, i).register_forward_hook(keep_down),
+            post.register_forward_hook(keep("mlp")),
+        ]
+        try:
+            with torch.no_grad():
+                model(ids)
+        finally:
+            for h in hooks:
+                h.remove()
+        torch.testing.assert_close(seen["out"] - seen["in"], seen["mix"] + seen["mlp"], atol=1e-4, rtol=1e-4)
+        dirs = a.mlp_write_directions(model, i)  # (hidden, intermediate)
+        if info.mlp_post_norm:
+            eps = get_module(block, info.mlp_post_norm).eps
+            rms = (seen["down"].pow(2).mean(-1, keepdim=True) + eps).sqrt()
+        else:
+            assert torch.equal(dirs, a.mlp_down_weight(model, i))
+            rms = 1.0
+        torch.testing.assert_close(seen["act"] @ dirs.t() / rms, seen["mlp"], atol=1e-4, rtol=1e-4)
 
 
 def test_hybrid_block_kinds(tiny_lm_factory):

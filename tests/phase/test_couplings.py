@@ -44,7 +44,7 @@ def test_gradients_reach_core(family, name, tiny_lm_factory):
         assert torch.isfinite(g).all() and float(g.abs().sum()) > 0
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "gpt_neox"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "gpt_neox", "gemma3"])
 def test_multiplicative_before_norm_washes_out_additive_does_not(family, tiny_lm_factory):
     """The seeds' failure as a test: couple at the last block, whose output goes straight into the
     final normalisation. Multiplicative changes the block output but not the normalised one."""
@@ -83,19 +83,25 @@ def test_gate_scales_mixer_output_exactly(family, tiny_lm_factory):
     layer = a.n_blocks(model) // 2
     ids = torch.randint(0, 256, (2, 7))
     base: dict[str, torch.Tensor] = {}
-    h = _capture(a.mixer_out_module(model, layer), base, "m")
+    hs = [_capture(a.mixer_write_module(model, layer), base, "m"), _capture(a.blocks(model)[layer], base, "b")]
     with torch.no_grad():
         ref_logits = model(ids).logits
-    h.remove()
+    for h in hs:
+        h.remove()
     core, coupling = _setup(lm, "gate", alpha=1.0, center=0.0)
     got: dict[str, torch.Tensor] = {}
     with torch.no_grad(), core.forced(0.7, "clamp"), PhaseHook(lm, core, coupling, layer):
-        h = _capture(a.mixer_out_module(model, layer), got, "m")  # runs after the gate hook
+        # these run after the gate hook
+        hs = [_capture(a.mixer_write_module(model, layer), got, "m"), _capture(a.blocks(model)[layer], got, "b")]
         try:
             model(ids)
         finally:
-            h.remove()
+            for h in hs:
+                h.remove()
     torch.testing.assert_close(got["m"], base["m"] * 1.7, rtol=1e-5, atol=1e-6)
+    # and the extra 0.7 m reaches the residual stream (Gemma's post-attention norm would divide a factor
+    # on o_proj away: the gate acts after it); the MLP after the mixer does not cancel it
+    assert float((got["b"] - base["b"]).norm()) > 0.25 * 0.7 * float(base["m"].norm())
     # zero strength leaves the model exactly as it was
     core, coupling = _setup(lm, "gate", alpha=0.0)
     with torch.no_grad(), PhaseHook(lm, core, coupling, layer):

@@ -153,7 +153,7 @@ def test_hooks_removed_on_exception(run_dir, tiny_dir):
     assert not lm.adapter.blocks(lm.model)[3]._forward_hooks
 
 
-@pytest.mark.parametrize("family", ["rwkv", "mamba", "qwen3_5", "llama"])
+@pytest.mark.parametrize("family", ["rwkv", "mamba", "qwen3_5", "llama", "gemma3"])
 def test_hook_fires_once_per_generated_token(family, tiny_lm_factory):
     lm = tiny_lm_factory(family)
     h = lm.model.config.hidden_size

@@ -10,6 +10,7 @@ from typing import Any
 
 from ...errors import UnsupportedArchitectureError
 from .base import Adapter, BlockInfo, get_module
+from .gemma import Gemma3ImageTextAdapter, GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .gpt_neox import GPTNeoXAdapter
 from .jamba import JambaAdapter
@@ -39,6 +40,8 @@ for _a in (
     RwkvAdapter(),
     QwenHybridAdapter(),
     JambaAdapter(),
+    GemmaAdapter(),
+    Gemma3ImageTextAdapter(),
 ):
     register_adapter(_a)
 

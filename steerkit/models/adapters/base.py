@@ -26,6 +26,12 @@ class BlockInfo:
     n_heads / head_dim: None for mixers without heads (Mamba-1, RWKV-4).
     mlp_down: the MLP down-projection (input: (batch, seq, intermediate)), or None.
     mlp_down_transposed: True for GPT-2 style Conv1D whose weight is (intermediate, hidden).
+    attention_window: the sliding-window size of a local attention block (Gemma 2/3), None for
+        global attention and for mixers that are not attention.
+    mixer_post_norm / mlp_post_norm: a norm the block applies to the mixer's / MLP's output before
+        adding it to the residual stream (Gemma 2/3: `post_attention_layernorm`,
+        `post_feedforward_layernorm`), None where the projection's output is added as it is. Such a
+        norm divides away any scaling of the projection's output and reweights its channels.
     """
 
     index: int
@@ -37,6 +43,9 @@ class BlockInfo:
     mlp_down: str | None
     mlp_down_transposed: bool = False
     no_mlp_reason: str | None = None
+    attention_window: int | None = None
+    mixer_post_norm: str | None = None
+    mlp_post_norm: str | None = None
 
 
 def transformers_at_least(version: str) -> bool:
@@ -146,15 +155,38 @@ class Adapter:
         info = self.block_info(model, index)
         return None if info.mlp_down is None else get_module(self.blocks(model)[index], info.mlp_down)
 
+    def mixer_write_module(self, model: Any, index: int) -> nn.Module:
+        """The module whose output the block adds to the residual stream for its mixer: the mixer's
+        post-norm where there is one (Gemma 2/3), else the out-projection. Scale the mixer's
+        contribution here: a factor applied before a post-norm is normalised away."""
+        info = self.block_info(model, index)
+        return get_module(self.blocks(model)[index], info.mixer_post_norm or info.mixer_out)
+
+    def norm_gain(self, norm: nn.Module) -> torch.Tensor:
+        """The per-channel gain (hidden,) of a norm module (its weight; Gemma: 1 + weight)."""
+        return tensor_value(norm, "weight").detach()
+
     def mlp_down_weight(self, model: Any, index: int) -> torch.Tensor | None:
-        """The down-projection weight as (hidden, intermediate), whatever the module type.
-        Column j is the residual-stream direction written by MLP neuron j."""
+        """The down-projection weight as (hidden, intermediate), whatever the module type: the
+        down-projection's output is `x @ W.T` (+ bias). Where the MLP output reaches the residual
+        stream through a post-norm, use `mlp_write_directions` for the directions neurons write."""
         info = self.block_info(model, index)
         mod = self.mlp_down_module(model, index)
         if mod is None:
             return None
         w = tensor_value(mod, "weight")  # an offloaded weight is read from its hook
         return w.detach().t() if info.mlp_down_transposed else w.detach()
+
+    def mlp_write_directions(self, model: Any, index: int) -> torch.Tensor | None:
+        """(hidden, intermediate): column j is the residual-stream direction MLP neuron j writes.
+        The down-projection weight, its rows scaled by the MLP post-norm's gain where the block has
+        one (Gemma 2/3: the norm's 1/rms is one positive factor per token, shared by all neurons)."""
+        w = self.mlp_down_weight(model, index)
+        info = self.block_info(model, index)
+        if w is None or info.mlp_post_norm is None:
+            return w
+        gain = self.norm_gain(get_module(self.blocks(model)[index], info.mlp_post_norm))
+        return gain.to(w)[:, None] * w
 
     def hidden_states_index(self, index: int) -> int:
         """Index into `output_hidden_states` holding block `index`'s output (not the last block)."""
@@ -174,4 +206,7 @@ class Adapter:
                 {"kind": k, "n_heads": n, "head_dim": d} if n else {"kind": k, "n_heads": None} for k, n, d in heads
             ],
             "mlp_down_shape": list(down.shape) if down is not None else None,
+            "attention_windows": [i.attention_window for i in infos]
+            if any(i.attention_window for i in infos)
+            else None,
         }

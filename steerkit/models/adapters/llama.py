@@ -1,5 +1,5 @@
 """Decoder-only transformers with `model.layers[i].self_attn.o_proj` and `mlp.down_proj`:
-Llama, Qwen2, Qwen3, Mistral, Gemma-style models."""
+Llama, Qwen2, Qwen3, Mistral, OLMo, Phi-3 (Gemma has its own adapter, adapters/gemma.py)."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def attention_heads(config: object) -> tuple[int, int]:
 
 class LlamaAdapter(Adapter):
     family = "llama"
-    model_types = ("llama", "qwen2", "qwen3", "mistral", "gemma", "gemma2", "olmo", "olmo2", "phi3")
+    model_types = ("llama", "qwen2", "qwen3", "mistral", "olmo", "olmo2", "phi3")
     base_path = "model"
     blocks_path = "model.layers"
     final_norm_path = "model.norm"

@@ -23,7 +23,7 @@ class NeuronAlignment:
 
 def neuron_alignment(directions: Array, w_down: Array) -> NeuronAlignment:
     """Is the concept one MLP neuron's output direction? directions (C, H); w_down (H, I), column j
-    being the residual direction neuron j writes (`Adapter.mlp_down_weight`). One (C, H) @ (H, I)
+    being the residual direction neuron j writes (`Adapter.mlp_write_directions`). One (C, H) @ (H, I)
     product divided by the column norms (no normalised copy of W). Dead (zero) columns give cos 0."""
     d = unit_rows(as_f32(directions))  # (C, H)
     w = as_f32(w_down)

@@ -61,7 +61,7 @@ def test_gumbel_max_draws_follow_softmax():
     assert torch.equal(again, M.gumbel_noise(5, [torch.Generator().manual_seed(s) for s in range(3)]))
 
 
-@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "rwkv"])
+@pytest.mark.parametrize("family", ["llama", "gpt2", "mamba", "rwkv", "gemma3"])
 @pytest.mark.parametrize("name", ["additive", "gate"])
 def test_sampling_equals_full_recomputation(family, name, tiny_lm_factory):
     """The sampler the apparatus check picks (left-padded batch, per-prompt generate(), or recomputation)
@@ -71,7 +71,7 @@ def test_sampling_equals_full_recomputation(family, name, tiny_lm_factory):
     setup = make_setup(lm, name=name, layer=1)
     prompts = prepare_prompts(lm, word_prompts(3, seed=7, length=4) + word_prompts(1, seed=8, length=9), 4)
     setup = dataclasses.replace(setup, sampler=choose_sampler(setup, prompts, CFG))
-    want_sampler = {"llama": "batched", "gpt2": "batched", "mamba": "generate"}
+    want_sampler = {"llama": "batched", "gpt2": "batched", "mamba": "generate", "gemma3": "batched"}
     if family in want_sampler:  # transformers' cached RWKV generation disagrees with its full forward
         assert setup.sampler == want_sampler[family]
     ref = dataclasses.replace(setup, sampler="recompute")
