@@ -23,6 +23,8 @@ from steerkit.vectors.methods import METHODS, MethodInputs
 
 Norm = Literal["unit", "raw"]
 FIRST_PERSON = frozenset({"i", "me", "my", "mine", "myself", "we", "us", "our", "ours", "ourselves"})
+THIRD_PERSON = frozenset({"he", "him", "his", "himself", "she", "her", "hers", "herself", "they", "them", "their",
+                          "theirs", "themselves"})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -176,13 +178,15 @@ def concept_geometry(features: np.ndarray | torch.Tensor, labels: Labels, target
 
 
 def story_properties(text: str) -> dict[str, float]:
-    """Surface properties of one story: length in words, first-person share (first-person pronouns per
-    word of narration, i.e. outside double quotes) and dialogue share (characters inside double quotes)."""
+    """Surface properties of one story: length in words, first- and third-person shares (first- / third-person
+    pronouns per word of narration, i.e. outside double quotes) and dialogue share (characters inside double
+    quotes)."""
     quoted = re.findall(r'"[^"]*"', text)
     narration = re.findall(r"[a-z]+", re.sub(r'"[^"]*"', " ", text).lower())
     return {
         "n_words": float(len(text.split())),
         "first_person": sum(w in FIRST_PERSON for w in narration) / max(len(narration), 1),
+        "third_person": sum(w in THIRD_PERSON for w in narration) / max(len(narration), 1),
         "dialogue": sum(len(q) for q in quoted) / max(len(text), 1),
     }
 
@@ -233,3 +237,38 @@ def lexical_features(texts: list[str], neutral: list[str], kind: str) -> tuple[n
     k = min(int(kind[4:]), x.shape[0] - 1, x.shape[1] - 1)
     svd = TruncatedSVD(k, algorithm="arpack", random_state=0).fit(x)
     return svd.transform(x).astype(np.float32), svd.transform(xn).astype(np.float32)
+
+
+def rsa(v1: np.ndarray, v2: np.ndarray) -> float:
+    """Representational similarity of two sets of vectors for the same C concepts, (C, F1) and (C, F2):
+    Spearman r between the upper triangles of their cosine-similarity matrices (Kriegeskorte et al. 2008)."""
+
+    def cos(v: np.ndarray) -> np.ndarray:
+        u = v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-12)
+        return (u @ u.T)[np.triu_indices(len(v), 1)]
+
+    return float(stats.spearmanr(cos(v1), cos(v2))[0])
+
+
+def split_half(features: np.ndarray | torch.Tensor, labels: Labels, targets: dict[str, np.ndarray], method: str = "caa",
+               norm: Norm = "unit", neutral: np.ndarray | torch.Tensor | None = None) -> dict:  # fmt: skip
+    """Is PC1 a stable axis of the corpus or noise? Concept vectors from two disjoint halves of each concept's
+    texts (alternate texts in corpus order; unlabelled texts in both halves), PCA of each: |r| between the
+    halves' PC1 scores, the mean cosine of each concept's two half-vectors, and |r| of each half's PC1 with
+    each target. Texts carry at most one concept (as in the story corpus)."""
+    pos = labels.pos
+    rank = ((pos.long().cumsum(1) - 1) * pos).sum(0)  # (N,) index of a text among its concept's texts
+    free = ~pos.any(0)
+    halves = []
+    for parity in (0, 1):
+        keep = free | (pos.any(0) & (rank % 2 == parity))
+        sub = Labels(labels.names, pos[:, keep], ~pos[:, keep], labels.scenario[keep])
+        v = concept_vectors(as_f32(features)[keep], sub, method, norm, neutral)
+        halves.append((v, pca(v, 1)[0][:, 0]))
+    (va, pa), (vb, pb) = halves
+    cos = (va * vb).sum(1) / (np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1)).clip(1e-12)
+    out = {"pc1_halves_abs_r": round(abs(float(pearson_rows(pa, pb[None])[0])), 4),
+           "mean_cosine_halves": round(float(cos.mean()), 4)}  # fmt: skip
+    for name, y in targets.items():
+        out[f"pc1_{name}_abs_r"] = [round(abs(float(pearson_rows(p, y[None])[0])), 4) for p in (pa, pb)]
+    return out

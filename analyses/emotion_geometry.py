@@ -51,7 +51,8 @@ def main() -> None:
         N_PERM, N_BOOT = 100, 100
     common.seed_all()
     if not args.quick and not args.out and args.model != DEFAULT_MODEL:  # another model sits beside, not over
-        args.out = str(common.RESULTS / "emotion_geometry" / "by_model" / args.model.replace("/", "--"))
+        slug = Path(args.model).name if Path(args.model).is_dir() else args.model.replace("/", "--")
+        args.out = str(common.RESULTS / "emotion_geometry" / "by_model" / slug)
     out = common.out_dir("emotion_geometry", args)
     clock = common.Clock()
     lm = common.model_for(args)
@@ -106,7 +107,9 @@ def main() -> None:
 
 
 def _rows(feature_sets, subsets, concepts, props, rows, owners) -> None:  # type: ignore[no-untyped-def]
-    """Every (features, subset, method, norm) row through the one path, and PC1's owners for the primary one."""
+    """Every (features, subset, method, norm) row through the one path; for the primary variant on all concepts
+    also PC1's owners, the split-half stability of PC1 and the RSA of the concept geometry with the lexical one."""
+    vecs: dict = {}
     for model, feats, block, a, an in feature_sets:
         for subset, (lab, idx) in subsets.items():
             targets = {v: np.array([float(getattr(concepts[n], v)) for n in lab.names]) for v in ("valence", "arousal")}
@@ -120,16 +123,21 @@ def _rows(feature_sets, subsets, concepts, props, rows, owners) -> None:  # type
                     if (method, norm, subset) == (*PRIMARY, "all"):
                         owners.append({"model": model, "features": feats, "block": block,
                                        **_owners(scores[:, 0], geo.projections(a, comps[0]), props)})  # fmt: skip
+                        rows[-1]["split_half"] = geo.split_half(a, lab, targets, method, norm, an)
+                        vecs[(feats, block)] = v
         r = [x for x in rows if x["features"] == feats and x["block"] == block and x["norm"] == "unit"]
         print(f"{model} {feats} {'' if block is None else block}: |r(PC1, valence)| "
               + " ".join(f"{x['method']}/{x['subset']}={abs(x['valence']['PC1']['pearson_r']):.2f}" for x in r),
               flush=True)  # fmt: skip
+    for r in rows:
+        if (r["method"], r["norm"], r["subset"]) == (*PRIMARY, "all"):
+            r["rsa"] = {k: round(geo.rsa(vecs[(r["features"], r["block"])], vecs[(k, None)]), 4) for k in LEXICAL}
 
 
 def _properties(corpus, labels: geo.Labels) -> dict:  # type: ignore[no-untyped-def]
     """Story properties per text (N,) and per concept (C,): the candidates for what owns PC1."""
     per = [geo.story_properties(t.text) for t in corpus.texts]
-    story = {k: np.array([p[k] for p in per]) for k in ("n_words", "first_person", "dialogue")}
+    story = {k: np.array([p[k] for p in per]) for k in ("n_words", "first_person", "third_person", "dialogue")}
     story["paired"] = np.array([float(t.sources[0].kind != "story") for t in corpus.texts])  # scenario framing
     clusters = {c.name: c.cluster for c in corpus.concepts}
     concept_of = [next(iter(t.concepts)) if t.concepts else None for t in corpus.texts]
@@ -138,7 +146,9 @@ def _properties(corpus, labels: geo.Labels) -> dict:  # type: ignore[no-untyped-
     for v in ("valence", "arousal"):
         story[v] = np.array([np.nan if n is None else float(getattr(corpus.concept(n), v)) for n in concept_of])
     pos = labels.pos.numpy().astype(float)  # (C, N)
-    per_concept = {k: pos @ story[k] / pos.sum(1) for k in ("n_words", "first_person", "dialogue", "paired")}
+    per_concept = {
+        k: pos @ story[k] / pos.sum(1) for k in ("n_words", "first_person", "third_person", "dialogue", "paired")
+    }
     per_concept |= {f"cluster={c}": np.array([float(clusters[n] == c) for n in labels.names])
                     for c in sorted(set(clusters.values()))}  # fmt: skip
     per_concept |= {v: np.array([float(getattr(corpus.concept(n), v) or 0.0) for n in labels.names])
@@ -203,7 +213,9 @@ def _figures(results, feature_sets, subsets, concepts, out) -> None:  # type: ig
                      for p in names])  # fmt: skip
     with common.figure(out / "pc1_owners.png", (12, 5)) as fig:
         ax = fig.subplots()
-        im = ax.imshow(np.abs(grid), aspect="auto", cmap="viridis", vmin=0, vmax=1)
+        im = ax.imshow(
+            np.abs(grid), aspect="auto", cmap="viridis", vmin=0, vmax=max(0.5, float(np.nanmax(np.abs(grid))))
+        )
         ax.set_yticks(range(len(names)), names, fontsize=7)
         ax.set_xticks(range(len(owners)), [w["features"] if w["block"] is None else str(w["block"]) for w in owners],
                       fontsize=6, rotation=90)  # fmt: skip
@@ -220,7 +232,7 @@ def _pc(r: dict, var: str, pc: str) -> float:
 
 
 def _span(vals: list[float]) -> str:
-    return f"{min(vals):.2f}" if len(vals) == 1 else f"{min(vals):.2f}-{max(vals):.2f}"
+    return f"{min(vals):.2f}" if len(vals) == 1 else f"{min(vals):.2f}..{max(vals):.2f}"
 
 
 def _ridge(r: dict, var: str = "valence") -> float:
@@ -256,7 +268,8 @@ def _block_rows(results: dict, subset: str) -> list[list]:
              r["valence"]["PC1"]["perm_p"], f"PC{r['valence']['best_pc']['pc']} {r['valence']['best_pc']['abs_r']:.2f}",
              _ridge(r), r["arousal"]["PC2"]["pearson_r"] if "PC2" in r["arousal"] else "-",
              f"PC{r['arousal']['best_pc']['pc']} {r['arousal']['best_pc']['abs_r']:.2f}",
-             r["explained_variance_ratio"][0]] for r in rows]  # fmt: skip
+             r["explained_variance_ratio"][0], r["split_half"]["pc1_halves_abs_r"] if "split_half" in r else "-",
+             r["rsa"]["tfidf"] if "rsa" in r else "-"] for r in rows]  # fmt: skip
 
 
 def _top(owners: list[dict], n: int = 3, skip: tuple[str, ...] = ()) -> str:
@@ -305,6 +318,13 @@ def _headline(results: dict) -> list[str]:
         f"{_span([_ridge(r) for r in model])}; " + ", ".join(
             f"{k} {_span([_ridge(r) for r in _sel(rows, k, *PRIMARY, 'all')])}" for k in LEXICAL) + ".",
     ]  # fmt: skip
+    sh = [r["split_half"]["pc1_halves_abs_r"] for r in model]
+    lines.append(f"- **Is PC1 a stable axis?** |r| between the PC1 scores of vectors from two disjoint halves of each "
+                 f"concept's texts: model {_span(sh)}; " + ", ".join(f"{k} "
+                 f"{_sel(rows, k, *PRIMARY, 'all')[0]['split_half']['pc1_halves_abs_r']:.2f}" for k in LEXICAL)
+                 + f". **Model geometry vs lexical geometry** (RSA, Spearman r of the concept-cosine matrices): "
+                 f"vs tfidf {_span([r['rsa']['tfidf'] for r in model])}, vs lsa-300 "
+                 f"{_span([r['rsa']['lsa-300'] for r in model])}.")  # fmt: skip
     if _sel(rows, "resid", *PRIMARY, "affect"):
         n = _sel(rows, "resid", *PRIMARY, "affect")[0]["n_concepts"]
         lines.append(f"- **Affect-only ({n} concepts):** PC1 vs valence, model |r| {rng('resid', 'affect')}; "
@@ -352,11 +372,12 @@ def _report(results: dict, notes: str | None) -> str:
         *[s for subset in ("all", "affect") if _sel(results["rows"], "resid", *PRIMARY, subset) for s in (
             f"## Per block: caa, unit vectors, {subset} concepts", "",
             common.table(_block_rows(results, subset), ["model", "features", "block", "r(PC1, val)", "95% CI",
-                         "perm p", "best PC val", "ridge r (LOO)", "r(PC2, aro)", "best PC aro", "EVR PC1"]), "")],
+                         "perm p", "best PC val", "ridge r (LOO)", "r(PC2, aro)", "best PC aro", "EVR PC1",
+                         "PC1 split-half \\|r\\|", "RSA vs tfidf"]), "")],
         "## What owns PC1 (caa, unit, all concepts)",
         "",
         "Concept level: the concepts' PC1 scores against the mean property of their texts (n_words, "
-        "first_person = first-person pronouns per narration word, dialogue = share of characters inside quotes, "
+        "first_person / third_person = first- / third-person pronouns per narration word, dialogue = share of characters inside quotes, "
         "paired = share of scenario framings) and cluster indicators; story level: each labelled text's "
         "projection on PC1 against its own properties. Ratings (valence, arousal, dominance) are left out of "
         "these columns (they are in the detail tables). Permutation p uncorrected: many properties are tried.",

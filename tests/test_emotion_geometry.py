@@ -135,6 +135,7 @@ def test_story_properties_and_eta_squared():
     p = geo.story_properties('I opened my door. "We are late," she said to me.')
     assert p["n_words"] == 11
     assert p["first_person"] == pytest.approx(3 / 8)  # narration: i opened my door she said to me
+    assert p["third_person"] == pytest.approx(1 / 8)
     assert p["dialogue"] == pytest.approx(
         len('"We are late,"') / len('I opened my door. "We are late," she said to me.')
     )
@@ -158,3 +159,16 @@ def test_closed_form_ridge_matches_sklearn_nested_loo():
         got = geo.ridge_cv(v, y)
         assert got["r_cv"] == pytest.approx(np.corrcoef(pred, y)[0, 1], abs=1e-4)
         assert got["r2_cv"] == pytest.approx(1 - ((y - pred) ** 2).sum() / ((y - y.mean()) ** 2).sum(), abs=1e-4)
+
+
+def test_rsa_and_split_half():
+    a, labels, valence = _planted()
+    v = geo.concept_vectors(a, labels)
+    assert geo.rsa(v, v) == pytest.approx(1.0)
+    assert geo.rsa(v, 3.0 * v @ np.linalg.qr(np.random.default_rng(8).normal(size=(64, 64)))[0]) == pytest.approx(1.0)
+    assert abs(geo.rsa(v, np.random.default_rng(9).normal(size=v.shape))) < 0.2
+    sh = geo.split_half(a, labels, {"valence": valence})
+    assert sh["pc1_halves_abs_r"] > 0.95 and min(sh["pc1_valence_abs_r"]) > 0.9 and sh["mean_cosine_halves"] > 0.8
+    noise = np.random.default_rng(10).normal(size=a.shape)  # no concept structure: halves disagree
+    sh = geo.split_half(noise, labels, {"valence": valence})
+    assert sh["pc1_halves_abs_r"] < 0.6 and sh["mean_cosine_halves"] < 0.3
