@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).parents[1]
-ANALYSES = sorted(p.stem for p in (ROOT / "analyses").glob("*.py") if p.stem != "common")
+ANALYSES = sorted(p.stem for p in (ROOT / "analyses").glob("*.py") if p.stem != "common" and not p.stem.startswith("_"))
 
 
 def test_there_are_analyses():
