@@ -128,3 +128,25 @@ def test_notes_name_the_null():
     out = notes(_report(10, [1.0] * 10, ratio=0.2, null_median=0.3))
     assert len(out) == 1 and "median 30%" in out[0] and "c0" in out[0] and "0.5 of 10" in out[0]
     assert notes(_report(10, [1.0] * 10)) == []  # no null computed
+
+
+def test_redundant_is_judged_by_whether_the_readout_tells_two_concepts_apart():
+    """Flagged only where a concept's held-out texts are not read as itself significantly more often than
+    as the concept they are most often mistaken for (sign test at 5%); a high R^2 alone flags nothing.
+    A report without `confused_with` (an older file) keeps the R^2 > 0.9 cut."""
+    rep = _report(5, [1.0] * 5)
+    entries = list(rep["layers"]["2"]["concepts"].values())
+    for e in entries:
+        e["redundancy"]["r2"] = 0.95
+        e["heldout"]["n"] = 20
+    # hits vs confusions: 15 vs 3 (p 0.004), 12 vs 6 (p 0.12), 9 vs 9 (p 0.59), 20 vs none, 6 vs 5 (p 0.5)
+    for e, (hits, k) in zip(entries, [(15, 3), (12, 6), (9, 9), (20, 0), (6, 5)], strict=True):
+        e["heldout"]["top1"] = hits / 20
+        e["heldout"]["confused_with"] = {"concept": "c0" if e is not entries[0] else "c1", "n": k} if k else None
+    red = triage(rep)["redundant"]
+    assert [e["concept"] for e in red] == ["c1", "c2", "c4"]
+    assert "12 of 20 texts read as itself and 6 as c0" in red[0]["why"] and "p = 0.12" in red[0]["why"]
+    assert red[0]["suggestion"].startswith("c1 vs c0")
+    old = _report(3, [1.0] * 3)
+    list(old["layers"]["2"]["concepts"].values())[1]["redundancy"]["r2"] = 0.95
+    assert [e["concept"] for e in triage(old)["redundant"]] == ["c1"]

@@ -23,7 +23,7 @@ from ..version import __version__
 from . import metrics as M
 from .heads import head_decomposition
 from .heldout import held_out_readout
-from .triage import CLEAN, NEURON, NULL_PERCENTILE, REDUNDANT_R2, notes, triage
+from .triage import CLEAN, NEURON, NULL_PERCENTILE, notes, triage
 
 FORMAT_VERSION = 1
 
@@ -170,7 +170,7 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
                 "clean": CLEAN,
                 "fragmented_below_null_percentile": NULL_PERCENTILE,
                 "poorly_read_binomial_p": NULL_PERCENTILE,
-                "redundant_r2": REDUNDANT_R2,
+                "redundant_sign_test_p": NULL_PERCENTILE,
                 "single_neuron": NEURON,
             },
         },
@@ -236,7 +236,12 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
                 "r2": _f(red.r2[c]),
                 "top": [{"concept": names[int(i)], "coef": _f(v)} for i, v in zip(top_idx[c], top_val[c], strict=True)],
             },
-            "heldout": {"top1": _f(held.top1[c]), "top3": _f(held.top3[c]), "n": int(held.n_texts[c])},
+            "heldout": {
+                "top1": _f(held.top1[c]),
+                "top3": _f(held.top3[c]),
+                "n": int(held.n_texts[c]),
+                "confused_with": _confused_with(held.predicted, labels, c, names),
+            },  # fmt: skip
         }
         if neuron is not None:
             entry["single_neuron"] = {
@@ -304,6 +309,18 @@ def _probe_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
     groups = story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
     acts = data.resid[layer]
     return lambda train: fit_probe(acts[train], pos[:, train], groups[train]).log_probs
+
+
+def _confused_with(predicted: torch.Tensor, labels: torch.Tensor, c: int, names: list[str]) -> dict[str, Any] | None:
+    """The concept that concept c's held-out texts were most often read as, other than c: {concept, n}
+    (ties: the first in concept order), or None when every one was read as c."""
+    pred = predicted[labels == c]
+    wrong = pred[(pred != c) & (pred >= 0)]
+    if not len(wrong):
+        return None
+    counts = torch.bincount(wrong, minlength=len(names))
+    b = int(torch.argmax(counts))
+    return {"concept": names[b], "n": int(counts[b])}
 
 
 def top_k_heads(n_heads: int, top: int) -> int:

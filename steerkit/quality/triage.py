@@ -2,10 +2,15 @@
 outlier-heavy, poorly read or single-neuron at the best layer, and the caveats that change how
 those buckets read. Pure functions of the quality.json dict.
 
-"Fragmented" and "poorly read" are calibrated against a null, so that they flag what is unusual:
-fragmented = the concept's first-PC ratio is below the NULL_PERCENTILE (5th) percentile of random
-text sets of the same size (`first_pc_null`); poorly read = its held-out top-3 hits are not above
-chance at that level (one-sided binomial test against 3 / C, p >= 0.05)."""
+"Fragmented", "poorly read" and "redundant" are calibrated against a null, so that they flag what is
+unusual: fragmented = the concept's first-PC ratio is below the NULL_PERCENTILE (5th) percentile of
+random text sets of the same size (`first_pc_null`); poorly read = its held-out top-3 hits are not
+above chance at that level (one-sided binomial test against 3 / C, p >= 0.05); redundant = its
+held-out texts are not read as itself significantly more often than as the one concept they are most
+often mistaken for (one-sided sign test over those two outcomes, p >= 0.05): the readout cannot tell
+the two apart. The ridge R^2 from the other vectors is reported with it (it is high for most
+concepts of one affect space, so a fixed R^2 cut says little). Reports without `confused_with` (older
+files) fall back to R^2 > REDUNDANT_R2."""
 
 from __future__ import annotations
 
@@ -34,6 +39,31 @@ def is_poorly_read(top3: float, n: int, n_concepts: int) -> bool:
     return binomial_tail(round(top3 * n), n, chance) >= NULL_PERCENTILE
 
 
+def redundant_with(name: str, e: dict[str, Any]) -> dict[str, str] | None:
+    """{why, suggestion} when concept `name` (entry e) is redundant (module docstring), else None."""
+    held, r2 = e["heldout"], e["redundancy"]["r2"]
+    if "confused_with" not in held:  # an older report: the fixed R^2 cut
+        if r2 is None or r2 <= REDUNDANT_R2:
+            return None
+        other = e["redundancy"]["top"][0]
+        return {"why": f"R^2 {r2:.2f} from the others (largest weight {other['concept']} {other['coef']:+.2f})",
+                "suggestion": f"{name} vs {other['concept']}: R^2 {r2:.2f} - write stories that separate them"}  # fmt: skip
+    conf = held.get("confused_with")
+    n, top1 = int(held.get("n") or 0), held.get("top1")
+    if not conf or not n or top1 is None:
+        return None
+    hits, k = round(top1 * n), int(conf["n"])
+    p = binomial_tail(hits, hits + k, 0.5)  # as many hits or more, were the two equally likely
+    if p < NULL_PERCENTILE:
+        return None
+    extra = "" if r2 is None else f"; R^2 {r2:.2f} from the other vectors"
+    return {
+        "why": f"held out, {hits} of {n} texts read as itself and {k} as {conf['concept']} (not told apart: "
+        f"sign test p = {p:.2g}{extra})",
+        "suggestion": f"{name} vs {conf['concept']}: write stories whose cues separate the two, or merge them",
+    }
+
+
 def notes(report: dict[str, Any]) -> list[str]:
     """Caveats that change how the triage reads (at best_layer)."""
     layer = report["layers"][str(report["best_layer"])]["concepts"]
@@ -60,7 +90,7 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
         k: [] for k in ("clean", "fragmented", "redundant", "outlier_heavy", "poorly_read", "single_neuron")
     }
     for name, e in layer["concepts"].items():
-        ratio, r2 = e["first_pc_variance_ratio"], e["redundancy"]["r2"]
+        ratio = e["first_pc_variance_ratio"]
         top3 = e["heldout"]["top3"]
         if ratio is not None and ratio > CLEAN:
             out["clean"].append(
@@ -78,15 +108,9 @@ def triage(report: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
                     "the feeling but not the setting",
                 }
             )
-        if r2 is not None and r2 > REDUNDANT_R2:
-            other = e["redundancy"]["top"][0]
-            out["redundant"].append(
-                {
-                    "concept": name,
-                    "why": f"R^2 {r2:.2f} from the others (largest weight {other['concept']} {other['coef']:+.2f})",
-                    "suggestion": f"{name} vs {other['concept']}: R^2 {r2:.2f} - write stories that separate them",
-                }
-            )
+        red = redundant_with(name, e)
+        if red is not None:
+            out["redundant"].append({"concept": name, **red})
         k = e["agreement"]["n_below_0_1"]
         if e["n_positives"] and k / e["n_positives"] >= 0.25:
             where = ", ".join(x["where"] for x in e["agreement"]["lowest"])
