@@ -163,8 +163,7 @@ class Decoder:
             logits, hidden = self._forward(self.rows, self._steer, ids, self.mask, pos, self.cache)
             advance(self.rows, hidden, logits, [False] * len(self.rows), self.mask[:, -1:])
         except BaseException:
-            _fail(self.rows)
-            self.rows, self.cache = [], None
+            self.fail_all()
             raise
         self.steps += 1
         self._drop_finished()
@@ -195,6 +194,12 @@ class Decoder:
         for r in self.rows:
             r.req.cancel()
         self._drop_finished()
+
+    def fail_all(self) -> None:
+        """End every running row with finish reason "error" and empty the batch (after a failed forward)."""
+        _fail(self.rows)
+        self.rows, self.cache, self._steer = [], None, None
+        self.mask = torch.zeros(0, 0, dtype=torch.long)
 
 
 def _pad_left(x: torch.Tensor, t: int, dim: int = 1) -> torch.Tensor:

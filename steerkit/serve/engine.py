@@ -237,7 +237,7 @@ class EmbeddedEngine(WorkQueue):
                     self.batches += 1
             except Exception:
                 log.exception("generation failed for %d running rows", len(dec) + len(new))
-                dec = Decoder(self.lm)  # the failed rows were finished with reason "error"
+                dec.fail_all()  # every row still running ends with reason "error"; the next requests start afresh
             self._running = [r.req for r in dec.rows]
             if stop:
                 break

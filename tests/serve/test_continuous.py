@@ -131,3 +131,63 @@ def test_engine_picks_continuous_batching_by_family(tiny_lm_factory):
 
     assert EmbeddedEngine(tiny_lm_factory("llama")).mode == "continuous"
     assert EmbeddedEngine(tiny_lm_factory("mamba")).mode == "one at a time"
+
+
+def test_a_failed_forward_ends_every_running_row_with_error_and_the_engine_goes_on(tiny_lm_factory):
+    """A forward that raises mid-way (here: the prefill of a request that joins two running ones) ends
+    every running row with finish reason "error" (no client is left waiting) and the next request is
+    served normally."""
+    import threading
+
+    from steerkit.serve.engine import EmbeddedEngine
+
+    lm = tiny_lm_factory("llama")
+    engine = EmbeddedEngine(lm, max_batch=4)
+    assert engine.mode == "continuous"
+    prefills = {"n": 0}
+
+    def boom(module, args, output):
+        if args[0].shape[1] > 1:  # a prefill
+            prefills["n"] += 1
+            if prefills["n"] == 2:
+                raise RuntimeError("planted failure")
+
+    finished: dict[int, str] = {}
+    done = threading.Event()
+
+    def emit(i: int) -> Any:
+        def fn(e: dict[str, Any]) -> None:
+            if e["type"] == "finish":
+                finished[i] = e["reason"]
+                if len(finished) == 3:
+                    done.set()
+
+        return fn
+
+    ids = [list(lm.tokenizer(p)["input_ids"]) for p in PROMPTS[:3]]
+    handle = lm.adapter.blocks(lm.model)[1].register_forward_hook(boom)
+    engine.start()
+    try:
+        gate = threading.Event()
+        engine.call(gate.wait)  # hold the worker so that the first two requests join in one prefill
+        for i in range(2):
+            engine.submit(StreamRequest(ids[i], 200, emit(i)))
+        gate.set()
+        for _ in range(3000):  # until they are decoding
+            if engine.batches >= 2:
+                break
+            threading.Event().wait(0.01)
+        engine.submit(StreamRequest(ids[2], 5, emit(2)))
+        assert done.wait(60), finished
+        handle.remove()
+        assert finished == {0: "error", 1: "error", 2: "error"}
+        out = _fresh(1)
+        again = threading.Event()
+        req = _requests(lm, out)[0]
+        inner = req.emit
+        req.emit = lambda e: (inner(e), again.set() if e["type"] == "finish" else None)
+        engine.submit(req)
+        assert again.wait(60) and out[0]["finish"] == "length" and len(out[0]["ids"]) == 9
+    finally:
+        handle.remove()
+        engine.stop()
