@@ -99,6 +99,18 @@ def _prompts(work: Path, n: int) -> str:
     return str(work / "prompts.jsonl")
 
 
+def _headline(per: dict, ranked: list[str]) -> str:
+    """Who steers the most concepts, naming a tie on that count (the NLL cost then orders them)."""
+    top = per[ranked[0]]["summary"]
+    tied = [m for m in ranked if per[m]["summary"]["n_steerable"] == top["n_steerable"]]
+    share = f"{top['n_steerable']} of {top['n_concepts']} ({_pct(top.get('share_steerable'))})"
+    if len(tied) == 1:
+        return f"`{ranked[0]}` steers the most concepts: {share}"
+    costs = ", ".join(f"`{m}` {_median(per[m]):.2f}" for m in tied)
+    return (f"{' and '.join(f'`{m}`' for m in tied)} tie at {share} steerable concepts (median NLL increase at "
+            f"their operating points: {costs} nat/token)")  # fmt: skip
+
+
 def _pct(x: float | None) -> str:
     return "—" if x is None else f"{x:.0%}"
 
@@ -133,9 +145,8 @@ def _report(results: dict) -> str:
         f"seed units per arm; every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
         f"(the same reader whatever the method). Runtime {results['seconds']:.0f} s.",
         "",
-        f"**Headline:** `{best}` steers the most concepts: {s.get('n_steerable')} of {s.get('n_concepts')} "
-        f"({_pct(s.get('share_steerable'))}); ranking {' > '.join(f'`{m}`' for m in methods)} "
-        f"({', '.join(str(per[m]['summary']['n_steerable']) for m in methods)}).",
+        f"**Headline:** {_headline(per, methods)}; ranking {' > '.join(f'`{m}`' for m in methods)} "
+        f"({', '.join(str(per[m]['summary']['n_steerable']) for m in methods)} of {s.get('n_concepts')}).",
         "",
         head,
         rule,
