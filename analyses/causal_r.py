@@ -35,15 +35,6 @@ QUICK = {"ce_steps": 2, "pref_steps": 2, "pref_lr": 0.05, "seeds": 1, "prompts":
          "permutations": 100, "orpo": ["--beta", "1", "--lora-rank", "2", "--lora-lr", "1e-3"]}  # fmt: skip
 
 
-def steerkit(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """Run `steerkit ARGS` as a user would; raise with its last lines on failure."""
-    exe = Path(sys.executable).with_name("steerkit")
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd)
-    if proc.returncode != 0:
-        raise RuntimeError(f"steerkit {' '.join(args[:3])}... failed: {(proc.stderr or proc.stdout)[-800:]}")
-    return proc
-
-
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--report-only", action="store_true", help="rebuild report.md from the results.json in --out")
@@ -86,7 +77,7 @@ def chain(args: argparse.Namespace, work: Path) -> None:
     for coupling in COUPLINGS if not args.quick else COUPLINGS[:1]:
         entry: dict = {}
         ce = f"{coupling}-ce"
-        steerkit("train-phase", "--model", model, "--text", text, "--coupling", coupling, "--steps",
+        common.steerkit("train-phase", "--model", model, "--text", text, "--coupling", coupling, "--steps",
                  str(p["ce_steps"]), "--out", str(runs), "--name", ce, *base, *(["--seq-len", "32"] if args.quick else []),
                  cwd=work)  # fmt: skip
         names = [ce]
@@ -94,13 +85,13 @@ def chain(args: argparse.Namespace, work: Path) -> None:
         for obj in ("dpo", "orpo") if not args.quick else ("dpo",):
             name = f"{coupling}-{obj}"
             extra = [*p["orpo"], "--lora-blocks", f"{layer}:-1"] if obj == "orpo" else []
-            steerkit("train-phase", "--model", model, "--objective", obj, "--pairs", pairs, "--from", str(runs / ce),
+            common.steerkit("train-phase", "--model", model, "--objective", obj, "--pairs", pairs, "--from", str(runs / ce),
                      "--steps", str(p["pref_steps"]), "--out", str(runs), "--name", name, *base, *pref_len, *extra,
                      cwd=work)  # fmt: skip
             names.append(name)
         for name in names if not args.quick else names[1:]:
             iv = work / f"iv-{name}"
-            steerkit("intervene", "--run", str(runs / name), "--grid", p["grid"], "--seeds", str(p["seeds"]),
+            common.steerkit("intervene", "--run", str(runs / name), "--grid", p["grid"], "--seeds", str(p["seeds"]),
                      "--permutations", str(p["permutations"]), "--out", str(iv),
                      "--prompts", str(work / "prompts.jsonl"), *(["--max-new-tokens", "4"] if args.quick else []),
                      cwd=work)  # fmt: skip

@@ -12,6 +12,8 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -188,3 +190,20 @@ def figure(path: Path, size: tuple[float, float] = (7, 5)) -> Iterator[Any]:
         fig.savefig(path, dpi=110)
     finally:
         plt.close(fig)
+
+
+def steerkit(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    """Run `steerkit ARGS` as a user would (the venv's console script, from `cwd`, default the repository
+    root); raise with its last lines on failure."""
+    exe = Path(sys.executable).with_name("steerkit")
+    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=cwd or ROOT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"steerkit {' '.join(args[:3])}... failed: {(proc.stderr or proc.stdout)[-800:]}")
+    return proc
+
+
+def neutral_prompts(work: Path, n: int) -> str:
+    """The first n of steer-eval's default neutral prompts, written to work/prompts.jsonl; its path."""
+    src = ROOT / "corpora" / "prompts" / "neutral_openings.jsonl"
+    (work / "prompts.jsonl").write_text("\n".join(src.read_text().splitlines()[:n]) + "\n")
+    return str(work / "prompts.jsonl")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -21,13 +20,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 import numpy as np  # noqa: E402
-
-
-def steerkit(*args: str) -> None:
-    exe = Path(sys.executable).with_name("steerkit")
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=common.ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"steerkit {args[0]} failed: {(proc.stderr or proc.stdout)[-800:]}")
 
 
 def main() -> None:
@@ -49,16 +41,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
         lm.model.save_pretrained(model)
         lm.tokenizer.save_pretrained(model)
         vectors = str(work / "run")
-        steerkit("extract", "--stories", str(common.QUICK_CORPUS), "--model", model, "--out", vectors,
+        common.steerkit("extract", "--stories", str(common.QUICK_CORPUS), "--model", model, "--out", vectors,
                  "--no-preflight", "--no-cache", "--layers", "1,3")  # fmt: skip
         grid = ["--concepts", "calm,sad", "--layers", "1", "--alphas", "0,4", "--greedy", "--max-new-tokens", "6",
-                "--random-draws", "2", "--prompts", _prompts(work)]  # fmt: skip
+                "--random-draws", "2", "--prompts", common.neutral_prompts(work, 3)]  # fmt: skip
     else:
         if vectors is None:
             vectors = str(work / "run")
-            steerkit("extract", "--stories", str(common.corpus_for(args)), "--model", args.model, "--out", vectors)
+            common.steerkit(
+                "extract", "--stories", str(common.corpus_for(args)), "--model", args.model, "--out", vectors
+            )
         grid = []
-    steerkit("steer-eval", "--vectors", vectors, "--out", str(work / "eval"), *grid)
+    common.steerkit("steer-eval", "--vectors", vectors, "--out", str(work / "eval"), *grid)
     rep = json.loads((work / "eval" / "steer_eval.json").read_text())
     for f in [*(work / "eval").glob("*.png"), work / "eval" / "steer_eval.md"]:  # the figures and the full table
         (out / f.name).write_bytes(f.read_bytes())
@@ -68,12 +62,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     common.write_results(out, results, _report(results))
-
-
-def _prompts(work: Path) -> str:
-    src = common.ROOT / "corpora" / "prompts" / "neutral_openings.jsonl"
-    (work / "prompts.jsonl").write_text("\n".join(src.read_text().splitlines()[:3]) + "\n")
-    return str(work / "prompts.jsonl")
 
 
 def _geometry(rep: dict, run: Path) -> dict:

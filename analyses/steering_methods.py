@@ -15,20 +15,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
-
-
-def steerkit(*args: str) -> None:
-    exe = Path(sys.executable).with_name("steerkit")
-    proc = subprocess.run([str(exe), *args], capture_output=True, text=True, cwd=common.ROOT)
-    if proc.returncode != 0:
-        raise RuntimeError(f"steerkit {args[0]} failed: {(proc.stderr or proc.stdout)[-800:]}")
 
 
 def main() -> None:
@@ -63,19 +55,19 @@ def run(args: argparse.Namespace, work: Path) -> None:
         corpus = common.QUICK_CORPUS
         extract_extra = ["--no-preflight", "--no-cache", "--layers", "1,3"]
         grid = ["--concepts", "calm,sad", "--layers", "1", "--alphas", "0,4", "--greedy", "--max-new-tokens", "6",
-                "--random-draws", "2", "--prompts", _prompts(work, 3)]  # fmt: skip
+                "--random-draws", "2", "--prompts", common.neutral_prompts(work, 3)]  # fmt: skip
     else:
         model, corpus, extract_extra = args.model, common.corpus_for(args), []
         grid = ["--layers", args.layers, "--alphas", args.alphas, "--seeds", str(args.seeds),
                 "--random-draws", str(args.random_draws), "--max-new-tokens", str(args.max_new_tokens),
-                "--prompts", _prompts(work, args.prompts)]  # fmt: skip
+                "--prompts", common.neutral_prompts(work, args.prompts)]  # fmt: skip
     per: dict[str, dict] = {}
     for m in methods:
         run_dir = work / f"run-{m}"
         if not (run_dir / "readout.safetensors").is_file():
-            steerkit("extract", "--stories", str(corpus), "--model", model, "--method", m, "--out", str(run_dir),
+            common.steerkit("extract", "--stories", str(corpus), "--model", model, "--method", m, "--out", str(run_dir),
                      *extract_extra)  # fmt: skip
-        steerkit("steer-eval", "--vectors", str(run_dir), "--out", str(work / f"eval-{m}"), *grid)
+        common.steerkit("steer-eval", "--vectors", str(run_dir), "--out", str(work / f"eval-{m}"), *grid)
         rep = json.loads((work / f"eval-{m}" / "steer_eval.json").read_text())
         per[m] = {"summary": rep["summary"], "operating_points": rep["operating_points"],
                   "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer")}  # fmt: skip
@@ -91,12 +83,6 @@ def run(args: argparse.Namespace, work: Path) -> None:
 def _median(entry: dict) -> float:
     m = entry["summary"].get("median_nll_increase")
     return float("inf") if m is None else float(m)
-
-
-def _prompts(work: Path, n: int) -> str:
-    src = common.ROOT / "corpora" / "prompts" / "neutral_openings.jsonl"
-    (work / "prompts.jsonl").write_text("\n".join(src.read_text().splitlines()[:n]) + "\n")
-    return str(work / "prompts.jsonl")
 
 
 def _headline(per: dict, ranked: list[str]) -> str:
