@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_runs import extract_args
 
 from steerkit import dist
 from steerkit.cli import main
@@ -79,8 +80,7 @@ def torchrun(args: list[str], cache: Path, script: str | None = None) -> subproc
 
 
 def _extract_args(model: Path, out: Path, *extra: str) -> list[str]:
-    return ["extract", "--stories", str(FIXTURE), "--model", str(model), "--layers", "1,3", "--out", str(out),
-            "--allow-untrained", "--max-batch-tokens", "24", *extra]  # fmt: skip
+    return extract_args(model, out, "--max-batch-tokens", "24", *extra)
 
 
 @pytest.fixture(scope="module")

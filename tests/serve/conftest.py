@@ -3,14 +3,8 @@ small fixture corpus (real extract, real files), shared by the module."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from click.testing import CliRunner
-
-from steerkit.cli import main
-
-FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
+from tiny_runs import extract
 
 
 @pytest.fixture(scope="session")
@@ -20,12 +14,7 @@ def serve_model_dir(tiny_dir_factory):
 
 @pytest.fixture(scope="session")
 def serve_run(tmp_path_factory, serve_model_dir):
-    out = tmp_path_factory.mktemp("serve-runs") / "run"
-    args = ["extract", "--stories", str(FIXTURE), "--model", str(serve_model_dir), "--layers", "1,3", "--out",
-            str(out), "--allow-untrained", "--no-cache"]  # fmt: skip
-    res = CliRunner().invoke(main, args)
-    assert res.exit_code == 0, res.output
-    return out
+    return extract(serve_model_dir, tmp_path_factory.mktemp("serve-runs") / "run", "--no-cache")
 
 
 @pytest.fixture(scope="session")

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from tiny_runs import extract
 
 from steerkit.capture import capture, parse_pooling
 from steerkit.cli import main
@@ -28,25 +29,7 @@ def tiny_dir(tiny_dir_factory):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_dir):
-    out = tmp_path_factory.mktemp("runs") / "r1"
-    res = CliRunner().invoke(
-        main,
-        [
-            "extract",
-            "--stories",
-            str(FIXTURE),
-            "--model",
-            str(tiny_dir),
-            "--layers",
-            "1,3",
-            "--out",
-            str(out),
-            "--allow-untrained",
-            "--no-cache",
-        ],
-    )
-    assert res.exit_code == 0, res.output
-    return out
+    return extract(tiny_dir, tmp_path_factory.mktemp("runs") / "r1", "--no-cache")
 
 
 def test_extract_writes_a_valid_run(run_dir, tiny_dir):
