@@ -27,6 +27,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "analyses" / "results"
 FULL_CORPUS = ROOT / "corpora"
+DEFAULT_MODEL = "smollm2-135m"  # every analysis's full run; `--model` runs another beside it
 QUICK_CORPUS = ROOT / "tests" / "fixtures" / "corpus_small"
 
 
@@ -39,17 +40,21 @@ def parser(doc: str | None) -> argparse.ArgumentParser:
         help="results folder (default: analyses/results/<name> for the full run; a temporary folder with --quick, "
         "so a quick run never overwrites the committed study)",
     )
-    p.add_argument("--model", default="smollm2-135m", help="model spec for the full run")
+    p.add_argument("--model", default=DEFAULT_MODEL, help="model spec for the full run")
     p.add_argument("--corpus", default=None, help="corpus folder for the full run (default corpora/)")
     p.add_argument("--keep", action="store_true", help="keep the temporary working folder (runs, reports)")
     return p
 
 
 def out_dir(name: str, args: argparse.Namespace) -> Path:
-    """Where results go: --out when given; the committed analyses/results/<name> only for a full run;
-    a quick run without --out writes to a fresh temporary folder (printed), never over the committed one."""
+    """Where results go: --out when given; the committed analyses/results/<name> only for a full run
+    of the default model, analyses/results/<name>/by_model/<model> for another model (beside it, never
+    over it); a quick run without --out writes to a fresh temporary folder (printed)."""
+    model = getattr(args, "model", DEFAULT_MODEL)
     if args.out:
         d = Path(args.out)
+    elif not args.quick and model != DEFAULT_MODEL:
+        d = RESULTS / name / "by_model" / (Path(model).name if Path(model).is_dir() else model.replace("/", "--"))
     elif args.quick:
         import tempfile
 

@@ -31,7 +31,6 @@ from steerkit.corpus import load as load_corpus  # noqa: E402
 from steerkit.models.zoo import cache_root  # noqa: E402
 from steerkit.vectors.extract import DEFAULT_POOLING, membership  # noqa: E402
 
-DEFAULT_MODEL = "smollm2-135m"
 METHOD_NAMES = ["caa", "centered"]  # centered = caa (unit) with the neutral corpus's top PCs projected out
 NORMS = ["unit", "raw"]
 LEXICAL = ["tfidf", "lsa-100", "lsa-300"]
@@ -50,9 +49,6 @@ def main() -> None:
     if args.quick:
         N_PERM, N_BOOT = 100, 100
     common.seed_all()
-    if not args.quick and not args.out and args.model != DEFAULT_MODEL:  # another model sits beside, not over
-        slug = Path(args.model).name if Path(args.model).is_dir() else args.model.replace("/", "--")
-        args.out = str(common.RESULTS / "emotion_geometry" / "by_model" / slug)
     out = common.out_dir("emotion_geometry", args)
     clock = common.Clock()
     lm = common.model_for(args)

@@ -3,7 +3,10 @@
 The table behind `DEFAULT_POOLING` and extract's default method: 5-fold held-out readout (top-1 /
 top-3 over all concepts, folds stratified over single-concept texts, the vectors rebuilt from the
 training folds only with each method) per pooling (last, mean, mean_after:1) x layer x method
-(caa, paired, centered, pca, logistic) on the story corpus.
+(caa, paired, centered, pca, logistic) on the story corpus, and beside the vector methods the two
+readout probes `extract` can fit (`probe:lda`, the default, and `probe:logistic`), refitted inside
+each fold as the quality report does. `--model` runs another model (results/by_model/<model>/);
+`--methods` restricts the method comparison (the pooling comparison always runs caa, paired, centered).
 """
 
 from __future__ import annotations
@@ -22,16 +25,23 @@ from steerkit.models.zoo import cache_root  # noqa: E402
 from steerkit.quality.heldout import held_out_readout  # noqa: E402
 from steerkit.vectors.extract import DEFAULT_POOLING, membership  # noqa: E402
 from steerkit.vectors.methods import METHODS, MethodInputs  # noqa: E402
+from steerkit.vectors.probe import fit_readout_probe, story_groups  # noqa: E402
 
 POOLINGS = ["last", "mean", "mean_after:1"]
 SUBSET_PER_CONCEPT = 8  # pooling comparison: unpaired stories per concept (+ all paired texts), to fit 2 cores
-SLOW = {"logistic"}  # fitted per concept and fold: only at a few layers in the full run
+PROBES = ["probe:lda", "probe:logistic"]  # the readout probes (`extract --probe lda|logistic`)
+SLOW = {"logistic", "probe:logistic"}  # iterative fits per fold: only at a few layers in the full run
 
 
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--per-concept", type=int, default=SUBSET_PER_CONCEPT, help="pooling subset: stories per concept")
+    ap.add_argument("--methods", default=",".join([*METHODS, *PROBES]), help="vector methods and probes to compare")
     args = ap.parse_args()
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS and m not in PROBES]
+    if unknown:
+        ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, *PROBES])}")
     common.seed_all()
     out = common.out_dir("pooling_and_layers", args)
     clock = common.Clock()
@@ -59,9 +69,10 @@ def main() -> None:
             for m in ("caa", "paired", "centered")
         }
     res = capture(lm, texts + neutral, layers, pooling=DEFAULT_POOLING, cache_dir=cache)
-    for mname in METHODS:  # the method comparison: every method on the whole corpus, the default pooling
+    groups = story_groups(texts, scenario)
+    for mname in methods:  # the method comparison: each method and probe on the whole corpus, the default pooling
         use = layers if mname not in SLOW else slow_layers
-        results["methods"][mname] = _readout(res, len(texts), pos, neg, scenario, labels, names, k, mname, use)
+        results["methods"][mname] = _readout(res, len(texts), pos, neg, scenario, labels, names, k, mname, use, groups)
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     results["model"] = lm.info.get("spec")
@@ -88,17 +99,27 @@ def _subset(corpus: object, per_concept: int) -> torch.Tensor:
     return torch.tensor(keep)
 
 
-def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers) -> dict:  # type: ignore[no-untyped-def]
-    """Held-out top-1 / top-3 per layer of method `mname` (vectors rebuilt from the training folds)."""
+def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers, groups=None) -> dict:  # type: ignore[no-untyped-def]
+    """Held-out top-1 / top-3 per layer of method `mname` (vectors rebuilt from the training folds), or
+    of a readout probe `probe:<kind>` (refitted on the training folds, as the quality report does)."""
     row = {}
     for layer in layers:
         acts = res.resid[layer]
         x = MethodInputs(acts[:n], pos, neg, scenario, acts[n:])
-        fn = None if mname == "caa" else (lambda train, m=METHODS[mname], x=x: m.fn(x.subset(train))[0])
-        h = held_out_readout(x.a, labels, n_concepts=len(names), k_folds=k, seed=0, vector_fn=fn)
+        fn = scorer = None
+        if mname in PROBES:
+            scorer = _probe_scorer(x.a, pos, groups, mname.split(":")[1])
+        elif mname != "caa":
+            fn = lambda train, m=METHODS[mname], x=x: m.fn(x.subset(train))[0]  # noqa: E731
+        h = held_out_readout(x.a, labels, n_concepts=len(names), k_folds=k, seed=0, vector_fn=fn, scorer_fn=scorer)
         row[str(layer)] = {"top1": round(h.top1_overall, 4), "top3": round(h.top3_overall, 4)}
     print(f"{mname:>9} ({n} texts): " + " ".join(f"{la}:{v['top3']:.2f}" for la, v in row.items()), flush=True)
     return row
+
+
+def _probe_scorer(a: torch.Tensor, pos: torch.Tensor, groups: torch.Tensor, kind: str):  # type: ignore[no-untyped-def]
+    """For held_out_readout: the training mask (N,) -> the probe of `kind` fitted on those texts' (N, H) rows."""
+    return lambda train: fit_readout_probe(a[train], pos[:, train], groups[train], kind, calibrate=False).log_probs
 
 
 def _figure(results: dict, out: Path) -> None:
@@ -122,10 +143,10 @@ def _report(results: dict, args: object) -> str:
     for p, ms in results["table"].items():
         for m, r in ms.items():
             la, v = max(r.items(), key=lambda kv: (kv[1]["top3"], kv[1]["top1"]))
-            rows.append([p, m, int(la), v["top1"], v["top3"]])
+            rows.append([results["model"], p, m, int(la), v["top1"], v["top3"]])
     for m, r in results["methods"].items():
         la, v = max(r.items(), key=lambda kv: (kv[1]["top3"], kv[1]["top1"]))
-        mrows.append([m, int(la), v["top1"], v["top3"]])
+        mrows.append([results["model"], m, int(la), v["top1"], v["top3"]])
     chance = f"chance {1 / results['n_concepts']:.1%} / {min(1.0, 3 / results['n_concepts']):.1%}"
     return "\n".join([
         "# pooling_and_layers",
@@ -141,15 +162,16 @@ def _report(results: dict, args: object) -> str:
         "",
         f"Methods, whole corpus ({results['n_texts']} texts), {b['pooling']} pooling, best layer each:",
         "",
-        common.table(mrows, ["method", "best block", "top-1", "top-3"]),
+        common.table(mrows, ["model", "method", "best block", "top-1", "top-3"]),
         "",
         f"Poolings, on a subset ({results['n_subset']} texts: {results['per_concept']} unpaired stories per concept and "
         "every paired text, the same texts for each pooling), best layer each:",
         "",
-        common.table(rows, ["pooling", "method", "best block", "top-1", "top-3"]),
+        common.table(rows, ["model", "pooling", "method", "best block", "top-1", "top-3"]),
         "",
         "Every layer: results.json (`table[pooling][method][block]`); figure: heldout_top3.png. "
-        "`logistic` is fitted at three middle blocks only in the full run (one fit per concept per fold).",
+        "`logistic` and `probe:logistic` are fitted at three middle blocks only in the full run (iterative fits "
+        "per fold); `probe:*` rows are the readout probes `extract` fits (`read` uses `probe:lda` by default).",
     ]) + "\n"  # fmt: skip
 
 

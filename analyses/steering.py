@@ -57,7 +57,9 @@ def run(args: argparse.Namespace, work: Path) -> None:
     for f in [*(work / "eval").glob("*.png"), work / "eval" / "steer_eval.md"]:  # the figures and the full table
         (out / f.name).write_bytes(f.read_bytes())
     results = {"summary": rep["summary"], "operating_points": rep["operating_points"], "layers": rep["layers"],
-               "alphas": rep["alphas"], "n_units": rep["n_units"], "geometry": _geometry(rep, Path(vectors))}  # fmt: skip
+               "alphas": rep["alphas"], "n_units": rep["n_units"], "geometry": _geometry(rep, Path(vectors)),
+               "model": "tiny-llama" if args.quick else rep["source"].get("model") or args.model,
+               "reader": rep["source"].get("reader")}  # fmt: skip
     _frontier(rep, out)
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
@@ -114,8 +116,9 @@ def _report(results: dict) -> str:
     return "\n".join([
         "# steering",
         "",
-        f"Question: do the vectors steer, at what fluency cost? Layers {results['layers']}, alphas {results['alphas']}, "
-        f"{results['n_units']} prompt x seed units per arm. Runtime {results['seconds']:.0f} s.",
+        f"Question: do the vectors steer, at what fluency cost? Model {results.get('model')}, layers {results['layers']}, "
+        f"alphas {results['alphas']}, {results['n_units']} prompt x seed units per arm, continuations judged by the run's "
+        f"{results.get('reader')}. Runtime {results['seconds']:.0f} s.",
         "",
         f"**Headline:** {s.get('n_steerable')} of {s.get('n_concepts')} concepts ({s.get('share_steerable', 0):.0%}) have an "
         f"operating point (success claim against random directions, NLL increase < 1 nat/token); median NLL increase "

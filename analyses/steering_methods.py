@@ -70,7 +70,8 @@ def run(args: argparse.Namespace, work: Path) -> None:
         common.steerkit("steer-eval", "--vectors", str(run_dir), "--out", str(work / f"eval-{m}"), *grid)
         rep = json.loads((work / f"eval-{m}" / "steer_eval.json").read_text())
         per[m] = {"summary": rep["summary"], "operating_points": rep["operating_points"],
-                  "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer")}  # fmt: skip
+                  "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer"),
+                  "probe_kind": rep["source"].get("probe_kind")}  # fmt: skip
         layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
     ranking = sorted(methods, key=lambda m: (-per[m]["summary"]["n_steerable"], _median(per[m])))
     results = {"methods": per, "ranking": ranking, "best": ranking[0], "layers": layers, "alphas": alphas,
@@ -123,6 +124,8 @@ def _report(results: dict) -> str:
     best = results["best"]
     s = per[best]["summary"]
     reader = per[best].get("reader")
+    if per[best].get("probe_kind"):
+        reader = f"{reader} ({per[best]['probe_kind']})"
     return "\n".join([
         "# steering_methods",
         "",

@@ -54,6 +54,14 @@ if TYPE_CHECKING:
 @click.option("--no-preflight", is_flag=True, help="Skip the apparatus preflight.")
 @click.option("--allow-untrained", is_flag=True, help="Let random models pass the preflight (tests).")
 @click.option("--no-cache", is_flag=True, help="Do not use the activation cache.")
+@click.option(
+    "--probe",
+    "probe_kind",
+    type=click.Choice(["lda", "logistic"]),
+    default="lda",
+    show_default=True,
+    help="Readout probe fitted per layer for `read`: shrinkage LDA or multinomial logistic regression.",
+)
 @click.option("--no-probe", is_flag=True, help="Do not fit the readout probe (`read` then projects on the vectors).")
 def extract(
     stories: str,
@@ -68,6 +76,7 @@ def extract(
     no_preflight: bool,
     allow_untrained: bool,
     no_cache: bool,
+    probe_kind: str,
     no_probe: bool,
 ) -> None:
     """Concept vectors from a story corpus -> a run folder (readout + activations)."""
@@ -88,7 +97,7 @@ def extract(
             preflight=not no_preflight,
             allow_untrained=allow_untrained,
             cache=not no_cache,
-            probe=not no_probe,
+            probe=None if no_probe else probe_kind,
         )
     except ValueError as e:
         raise SteerkitError(str(e)) from e

@@ -304,11 +304,12 @@ def _scenarios(data: RunData) -> torch.Tensor:
 def _probe_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
     """The held-out readout of a run with a readout probe: within each fold, a probe fitted as
     extract fits it (standardisation, C_reg by grouped CV) on the training texts only."""
-    from ..vectors.probe import fit_probe, story_groups
+    from ..vectors.probe import fit_readout_probe, story_groups
 
     groups = story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
-    acts = data.resid[layer]
-    return lambda train: fit_probe(acts[train], pos[:, train], groups[train]).log_probs
+    acts, kind = data.resid[layer], data.vectors.probes[layer].kind
+    # LDA's temperature only rescales the log-probabilities (no ranking changes): top-k needs no calibration
+    return lambda train: fit_readout_probe(acts[train], pos[:, train], groups[train], kind, calibrate=False).log_probs
 
 
 def _confused_with(predicted: torch.Tensor, labels: torch.Tensor, c: int, names: list[str]) -> dict[str, Any] | None:

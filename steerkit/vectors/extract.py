@@ -37,7 +37,7 @@ from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
 from ..version import __version__
 from .methods import MethodInputs, get_method
-from .probe import fit_probe, story_groups
+from .probe import DEFAULT_PROBE, PROBE_KINDS, fit_readout_probe, story_groups
 from .readout import ConceptVectors
 
 log = logging.getLogger(__name__)
@@ -60,10 +60,12 @@ class ExtractConfig:
     preflight: bool = True
     allow_untrained: bool = False
     cache: bool = True
-    probe: bool = True  # also fit the multinomial readout probe per layer (docs/vectors.md)
+    probe: str | None = DEFAULT_PROBE  # the readout probe fitted per layer: "lda", "logistic" or None (docs/vectors.md)
 
     def __post_init__(self) -> None:
         get_method(self.method)
+        if self.probe is not None and self.probe not in PROBE_KINDS:
+            raise ValueError(f"probe must be one of {', '.join(PROBE_KINDS)}, got {self.probe!r}")
         if self.dtype not in VECTOR_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(VECTOR_DTYPES)}, got {self.dtype!r}")
         if isinstance(self.max_batch_tokens, bool) or self.max_batch_tokens < 1:
@@ -127,10 +129,11 @@ def vectors_from_texts(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     sites: tuple[str, ...] = ("resid",),
-    probe: bool = True,
+    probe: str | None = DEFAULT_PROBE,
 ) -> Extraction:
     """Capture `texts` (+ `neutral`) and build one vector per concept at each layer, and with
-    `probe` the readout probe (probe.py; texts of one scenario, or identical texts, share a CV group).
+    `probe` ("lda", "logistic" or None) the readout probe (probe.py; for "logistic" texts of one
+    scenario, or identical texts, share a CV group).
     pos (C, N) bool: the positives of each concept; every other text is a negative."""
     neutral = _check_inputs(texts, names, pos, neutral, method)
     res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
@@ -162,9 +165,9 @@ def vectors_from_capture(
     *,
     scenario: torch.Tensor | None = None,
     method: str = "caa",
-    probe: bool = True,
+    probe: str | None = DEFAULT_PROBE,
 ) -> Extraction:
-    """One vector per concept at each captured layer (and with `probe` the readout probe): rows [0, n) of
+    """One vector per concept at each captured layer (and the readout probe of kind `probe`, unless None): rows [0, n) of
     the capture are the n labelled `texts` (pos (C, n)), the rows after them the neutral texts."""
     n = len(texts)
     m = get_method(method)
@@ -177,7 +180,9 @@ def vectors_from_capture(
         centers[layer] = acts[:n].mean(0)
     t0 = time.perf_counter()
     groups = story_groups(texts, scenario)
-    probes = {layer: fit_probe(res.resid[layer][:n], pos, groups) for layer in res.layers} if probe else {}
+    probes = (
+        {layer: fit_readout_probe(res.resid[layer][:n], pos, groups, probe) for layer in res.layers} if probe else {}
+    )
     probe_s = time.perf_counter() - t0
     model_meta = {k: lm.info.get(k) for k in ("spec", "family", "model_type", "fingerprint")}
     cv = ConceptVectors(
@@ -198,12 +203,12 @@ def extract_vectors(
     pooling: Pooling | str = DEFAULT_POOLING,
     neutral: Sequence[str] = (),
     max_batch_tokens: int = 1024,
-    probe: bool = True,
+    probe: str | None = DEFAULT_PROBE,
 ) -> ConceptVectors:
     """Concept vectors in memory (the notebook API): one label per text (a concept name, a set of
     names, or None for a text that is only a negative). layers: block indices or a spec string
-    (default: 8 blocks over 25%-85% of depth); method: a name in METHODS; probe: also fit the
-    readout probe that `read` uses (identical texts share a CV group)."""
+    (default: 8 blocks over 25%-85% of depth); method: a name in METHODS; probe: the kind of
+    readout probe that `read` uses ("lda", "logistic"), None for none."""
     if len(texts) != len(labels):
         raise ValueError(f"{len(texts)} texts but {len(labels)} labels")
     n_blocks = lm.adapter.n_blocks(lm.model)

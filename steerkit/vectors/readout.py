@@ -23,7 +23,7 @@ import torch
 
 from ..errors import ReadoutError
 from ..io import atomic_save_safetensors, atomic_write_bytes
-from .probe import Probe
+from .probe import PROBE_KINDS, Probe
 
 FORMAT_VERSION = 2
 READABLE_VERSIONS = (1, 2)
@@ -78,10 +78,13 @@ class ConceptVectors:
                     tensors[f"layer_{layer}.probe.{part}"] = getattr(self.probes[layer], part).float().contiguous()
         meta = {k: v for k, v in self.meta.items() if k != "probe"}
         if self.probes:
+            kinds = {p.kind for p in self.probes.values()}
+            if len(kinds) != 1:
+                raise ValueError(f"one probe kind per file, got {sorted(kinds)}")
             meta["probe"] = {
-                "kind": "multinomial_logistic",
+                "kind": kinds.pop(),
                 "output": "log_probabilities",
-                "layers": {str(la): {"c": p.c_reg, "cv": p.cv} for la, p in sorted(self.probes.items())},
+                "layers": {str(la): _probe_entry(p) for la, p in sorted(self.probes.items())},
             }
         meta = {
             **meta,
@@ -237,6 +240,11 @@ def _load_probes(
     fix = "the file is corrupt: re-run `steerkit extract`"
     hidden = meta.get("hidden_size")
     info = (meta.get("probe") or {}).get("layers") or {}
+    kind = str((meta.get("probe") or {}).get("kind") or "multinomial_logistic")
+    if kind not in PROBE_KINDS.values():
+        raise ReadoutError(
+            f"{spath}: unknown probe kind {kind!r} (known: {', '.join(PROBE_KINDS.values())}); upgrade steerkit or re-run `steerkit extract`"
+        )
     probes: dict[int, Probe] = {}
     shapes = {"weight": (n_concepts, hidden), "bias": (n_concepts,), "mean": (hidden,), "scale": (hidden,)}
     for layer in meta["layers"]:
@@ -253,9 +261,14 @@ def _load_probes(
         bias, scale = found["bias"], found["scale"]
         if bool(torch.isnan(bias).any() or torch.isposinf(bias).any() or (scale <= 0).any()):
             raise ReadoutError(f"{spath}: layer_{layer}.probe has a NaN or +inf bias or a scale <= 0; {fix}")
-        entry = info.get(str(layer)) or {}
+        entry = dict(info.get(str(layer)) or {})
         probes[layer] = Probe(
             found["weight"].float(), bias.float(), found["mean"].float(), scale.float(),
-            c_reg=float(entry.get("c", float("nan"))), cv=dict(entry.get("cv") or {}),
+            c_reg=float(entry.pop("c", float("nan"))), cv=dict(entry.pop("cv", None) or {}), kind=kind, info=entry,
         )  # fmt: skip
     return probes
+
+
+def _probe_entry(p: Probe) -> dict[str, Any]:
+    """readout.json's record of how one layer's probe was fitted."""
+    return {"c": p.c_reg, "cv": p.cv} if p.kind == "multinomial_logistic" else dict(p.info)

@@ -81,7 +81,8 @@ def test_page_streams_coloured_tokens_whose_scores_match_the_api(serve_lm, serve
             row = api["tokens"][4]["scores"]
             want = sorted(zip(api["concepts"], row, strict=True), key=lambda x: -x[1])[:5]
             assert [c for c, _ in shown] == [c for c, _ in want]
-            assert [v for _, v in shown] == pytest.approx([v for _, v in want], abs=1e-6)
+            # float32 rounding of two forwards (streamed beside the plain request vs alone): relative
+            assert [v for _, v in shown] == pytest.approx([v for _, v in want], rel=1e-5, abs=1e-5)
             # colour by a chosen concept
             driver.find_element(By.CSS_SELECTOR, "#colorBy option[value=calm]").click()
             assert driver.find_elements(By.CSS_SELECTOR, "#legend span")

@@ -1,10 +1,12 @@
-"""The readout probe (issue 28): equals scikit-learn's logistic regression, beats diff-of-means where
+"""The readout probe (issue 28): its two kinds equal scikit-learn's shrinkage LDA and logistic
+regression, beat diff-of-means where
 the noise is anisotropic, round-trips through the readout format (old files read as before), is refitted
 inside each fold of the held-out readout, and is what `steerkit read` / `sk.read` use."""
 
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +19,7 @@ from steerkit.cli import main
 from steerkit.errors import ReadoutError
 from steerkit.vectors import ConceptVectors
 from steerkit.vectors.methods import MethodInputs, caa
-from steerkit.vectors.probe import Probe, fit_probe, grouped_splits, story_groups
+from steerkit.vectors.probe import Probe, fit_lda, fit_probe, fit_readout_probe, grouped_splits, story_groups
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "corpus_small"
 
@@ -62,6 +64,74 @@ def test_probe_equals_sklearn_logistic_regression():
     got = probe.log_probs(test).numpy()
     np.testing.assert_allclose(got, ref, atol=5e-3)
     assert (got.argmax(1) == ref.argmax(1)).all()
+
+
+def test_lda_equals_sklearn_shrinkage_lda():
+    """fit_lda = StandardScaler + LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto"): the same
+    coefficients, intercepts and posterior log-probabilities, here with fewer texts per class than
+    features (where the shrinkage matters) and a text of two concepts (a row of each)."""
+    from sklearn.covariance import ledoit_wolf_shrinkage
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+    from sklearn.preprocessing import StandardScaler
+
+    from steerkit.vectors.probe import ledoit_wolf_shrinkage as lw
+
+    a, y = _planted(n_per=12, h=30, k=5)
+    pos = _pos(y, 5)
+    pos[2, 0] = True  # text 0 is also concept 2
+    probe = fit_lda(a, pos, calibrate=False)
+    sc = StandardScaler().fit(a.double().numpy())  # the standardisation: every text once
+    rows = np.concatenate([[0], np.arange(len(y))])
+    yy = np.concatenate([[2], y.numpy()])
+    clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(sc.transform(a.double().numpy()[rows]), yy)
+    np.testing.assert_allclose(probe.weight.numpy(), clf.coef_, atol=1e-4 * np.abs(clf.coef_).max())
+    np.testing.assert_allclose(probe.bias.numpy(), clf.intercept_, atol=1e-4 * np.abs(clf.intercept_).max())
+    test, _ = _planted(n_per=12, h=30, k=5, seed=1)
+    ref = clf.predict_log_proba(sc.transform(test.double().numpy()))
+    np.testing.assert_allclose(probe.log_probs(test).numpy(), ref, atol=1e-3)
+    assert probe.kind == "shrinkage_lda" and 0 < probe.info["shrinkage_mean"] < 1
+    x = torch.randn(9, 40, generator=torch.Generator().manual_seed(4)) * torch.linspace(0.1, 5, 40)
+    assert lw(x) == pytest.approx(ledoit_wolf_shrinkage(x.double().numpy()), rel=1e-9)
+
+
+def test_lda_temperature_maximises_grouped_held_out_likelihood():
+    """The calibrated probe is the uncalibrated one divided by T, T the maximiser of the held-out
+    log-likelihood over the grouped folds (oracle: sklearn's LDA on each fold, a fine grid of T);
+    calibration changes no ranking and makes the held-out log-likelihood no worse than at T = 1."""
+    from scipy.special import log_softmax
+    from sklearn.discriminant_analysis import LinearDiscriminantAnalysis
+
+    a, y = _planted(n_per=12, h=30, k=5, seed=2)
+    pos = _pos(y, 5)
+    groups = torch.arange(len(y)) // 3
+    raw = fit_lda(a, pos, groups, calibrate=False)
+    cal = fit_lda(a, pos, groups)
+    temp = cal.info["temperature"]
+    assert torch.allclose(cal.weight * temp, raw.weight, rtol=1e-4, atol=1e-6)
+    assert torch.equal(cal.logits(a).argsort(1), raw.logits(a).argsort(1))
+    mean, scale = a.double().mean(0), a.double().std(0, correction=0)
+    z = ((a.double() - mean) / scale).numpy()
+    held = np.zeros((len(y), 5))
+    for test in grouped_splits(groups, 3):
+        t = test.numpy()
+        clf = LinearDiscriminantAnalysis(solver="lsqr", shrinkage="auto").fit(z[~t], y.numpy()[~t])
+        held[t] = clf.decision_function(z[t])
+    grid = np.exp(np.linspace(np.log(0.05), np.log(400), 4001))
+    ll = np.array([log_softmax(held / tt, axis=1)[np.arange(len(y)), y.numpy()].sum() for tt in grid])
+    assert temp == pytest.approx(grid[int(np.argmax(ll))], rel=5e-3)
+    assert ll.max() >= ll[int(np.argmin(np.abs(grid - 1.0)))]
+    assert "temperature" not in fit_lda(a, pos, torch.zeros(len(y), dtype=torch.long)).info  # one group: no CV
+
+
+def test_lda_concept_without_texts_is_never_read():
+    a, y = _planted(n_per=10)
+    pos = _pos(y, 4)
+    pos = torch.cat([pos, torch.zeros(1, pos.shape[1], dtype=torch.bool)])  # a fifth concept, no texts
+    p = fit_lda(a, pos)
+    assert p.bias[4] == -math.inf and not p.weight[4].any()
+    assert (p.log_probs(a).argmax(1) != 4).all() and torch.isfinite(p.log_probs(a)[:, :4]).all()
+    with pytest.raises(ValueError, match="probe must be one of lda, logistic"):
+        fit_readout_probe(a, pos, kind="svm")
 
 
 def test_multi_label_text_is_rows_of_weight_one_over_k():
@@ -139,36 +209,45 @@ def test_probe_reads_where_diff_of_means_does_not():
     unit, norms = caa(MethodInputs(a, pos, ~pos))
     cv = ConceptVectors(["a", "b", "c", "d"], [0], {0: unit}, {0: norms}, centers={0: a.mean(0)})
     plain = ConceptVectors(["a", "b", "c", "d"], [0], {0: unit}, {0: norms}, centers={0: a.mean(0)})
-    cv.probes[0] = fit_probe(a, pos)
     test, yt = _anisotropic(100, seed=1)
-    acc_probe = float((cv.read_scores(test, 0).argmax(1) == yt).double().mean())
     acc_vec = float((cv.scores(test, 0).argmax(1) == yt).double().mean())
-    assert acc_probe >= 0.95 and acc_vec <= 0.6, (acc_probe, acc_vec)
+    for fit in (fit_probe, fit_lda):
+        cv.probes[0] = fit(a, pos)
+        acc_probe = float((cv.read_scores(test, 0).argmax(1) == yt).double().mean())
+        assert acc_probe >= 0.95 and acc_vec <= 0.6, (fit.__name__, acc_probe, acc_vec)
     assert torch.equal(plain.read_scores(test, 0), plain.scores(test, 0))  # no probe: the projections
     lp = cv.read_scores(test, 0)
     assert torch.allclose(lp.logsumexp(1), torch.zeros(len(yt)), atol=1e-5)  # log-probabilities
 
 
-def _cv_with_probe() -> ConceptVectors:
+def _cv_with_probe(kind: str = "logistic") -> ConceptVectors:
     a, y = _planted(n_per=20)
     pos = _pos(y, 4)
     unit, norms = caa(MethodInputs(a, pos, ~pos))
     cv = ConceptVectors(["a", "b", "c", "d"], [2], {2: unit}, {2: norms}, meta={"method": "caa"},
-                        centers={2: a.mean(0)}, probes={2: fit_probe(a, pos)})  # fmt: skip
+                        centers={2: a.mean(0)}, probes={2: fit_readout_probe(a, pos, kind=kind)})  # fmt: skip
     return cv
 
 
-def test_save_load_round_trip(tmp_path):
-    cv = _cv_with_probe()
+@pytest.mark.parametrize("kind", ["logistic", "lda"])
+def test_save_load_round_trip(tmp_path, kind):
+    cv = _cv_with_probe(kind)
     cv.save(tmp_path)
     meta = json.loads((tmp_path / "readout.json").read_text())
     assert meta["format_version"] == 2 and meta["probe"]["output"] == "log_probabilities"
-    assert meta["probe"]["layers"]["2"]["c"] == cv.probes[2].c_reg
+    assert (
+        meta["probe"]["kind"] == cv.probes[2].kind == {"lda": "shrinkage_lda", "logistic": "multinomial_logistic"}[kind]
+    )
+    if kind == "logistic":
+        assert meta["probe"]["layers"]["2"]["c"] == cv.probes[2].c_reg
+    else:
+        assert meta["probe"]["layers"]["2"] == cv.probes[2].info
     back = ConceptVectors.load(tmp_path)
     p, q = cv.probes[2], back.probes[2]
     for part in ("weight", "bias", "mean", "scale"):
         assert torch.equal(getattr(p, part), getattr(q, part))
-    assert q.c_reg == p.c_reg and q.cv == p.cv
+    assert (q.c_reg == p.c_reg or math.isnan(p.c_reg) and math.isnan(q.c_reg)) and q.cv == p.cv
+    assert q.kind == p.kind and q.info == p.info
     h = torch.randn(3, 5, cv.hidden_size)
     assert torch.equal(back.read_scores(h, 2), cv.read_scores(h, 2))
     # select keeps the probe, its log-probabilities renormalised over the chosen concepts
@@ -201,6 +280,12 @@ def test_broken_probe_tensors_are_one_line_errors(tmp_path):
     save_file(bad, tmp_path / "readout.safetensors")
     with pytest.raises(ReadoutError, match="NaN"):
         ConceptVectors.load(tmp_path)
+    save_file(tensors, tmp_path / "readout.safetensors")
+    meta = json.loads((tmp_path / "readout.json").read_text())
+    meta["probe"]["kind"] = "random_forest"
+    (tmp_path / "readout.json").write_text(json.dumps(meta))
+    with pytest.raises(ReadoutError, match="unknown probe kind 'random_forest'"):
+        ConceptVectors.load(tmp_path)
 
 
 def test_old_file_without_probe_reads_bit_identically(tmp_path):
@@ -230,22 +315,29 @@ def probe_run(tmp_path_factory, tiny_dir_factory):
             "--allow-untrained", "--no-cache"]  # fmt: skip
     res = CliRunner().invoke(main, args)
     assert res.exit_code == 0, res.output
+    res = CliRunner().invoke(main, [*args[:-4], "--out", str(out.with_name("logistic")), "--allow-untrained",
+                                    "--no-cache", "--probe", "logistic"])  # fmt: skip
+    assert res.exit_code == 0, res.output
     return out, tiny
 
 
-def test_extract_stores_the_probe_fitted_on_the_run(probe_run):
+@pytest.mark.parametrize("kind", ["lda", "logistic"])
+def test_extract_stores_the_probe_fitted_on_the_run(probe_run, kind):
+    """The default run holds shrinkage-LDA probes, a `--probe logistic` run logistic ones: each equal
+    to the fit of its kind from the run's saved activations."""
     from steerkit.quality.report import _scenarios, load_run
 
-    run, _ = probe_run
+    run = probe_run[0] if kind == "lda" else probe_run[0].with_name("logistic")
     cv = ConceptVectors.load(run)
     assert sorted(cv.probes) == [1, 3]
     data = load_run(run)
     pos = torch.tensor([[c in t["concepts"] for t in data.texts] for c in cv.concepts])
     groups = story_groups([t["sha256"] for t in data.texts], _scenarios(data))
     for layer in (1, 3):  # oracle: the same fit from the saved activations
-        want = fit_probe(data.resid[layer], pos, groups)
+        want = fit_probe(data.resid[layer], pos, groups) if kind == "logistic" else fit_lda(data.resid[layer], pos, groups)
         assert torch.allclose(cv.probes[layer].weight, want.weight, atol=1e-6)
-        assert cv.probes[layer].c_reg == want.c_reg
+        assert cv.probes[layer].kind == want.kind and cv.probes[layer].info == want.info
+        assert cv.probes[layer].c_reg == want.c_reg or kind == "lda"
     stats = json.loads((run / "run.json").read_text())["stats"]
     assert stats["probe_seconds"] >= 0
 
@@ -257,7 +349,7 @@ def test_heldout_readout_refits_the_probe_per_fold(probe_run, monkeypatch):
     from steerkit.quality.report import QualityConfig, build_report, load_run
 
     run, _ = probe_run
-    real_fit = probe_mod.fit_probe
+    real_fit = probe_mod.fit_lda  # the default run's probe kind
 
     def reports(perturb: bool) -> tuple[dict, list[tuple[bool, Probe]]]:
         data = load_run(run)
@@ -267,14 +359,14 @@ def test_heldout_readout_refits_the_probe_per_fold(probe_run, monkeypatch):
         target = data.resid[1][i].clone()
         calls: list[tuple[bool, Probe]] = []
 
-        def spy(a, pos, groups=None, **kw):
-            p = real_fit(a, pos, groups, **kw)
+        def spy(a, pos, *args, **kw):
+            p = real_fit(a, pos, *args, **kw)
             calls.append((bool((a == target).all(1).any()) if a.shape[1] == target.shape[0] else False, p))
             return p
 
-        monkeypatch.setattr(probe_mod, "fit_probe", spy)
+        monkeypatch.setattr(probe_mod, "fit_lda", spy)
         rep = build_report(data, QualityConfig(k_folds=3))
-        monkeypatch.setattr(probe_mod, "fit_probe", real_fit)
+        monkeypatch.setattr(probe_mod, "fit_lda", real_fit)
         return rep, calls
 
     rep, before = reports(False)

@@ -112,6 +112,7 @@ def evaluate(
         "fingerprint": fp,
         "readout_layer": readout_layer,
         "reader": reader(cv, readout_layer),
+        "probe_kind": cv.probes[readout_layer].kind if readout_layer in cv.probes else None,
         "pooling": cv.meta.get("pooling"),
         "readout_sha256": sha256_file(run / "readout.safetensors"),
         "corpus_sha256": cv.meta.get("corpus", {}).get("sha256"),
