@@ -91,6 +91,8 @@ def _headline(per: dict, ranked: list[str]) -> str:
     top = per[ranked[0]]["summary"]
     tied = [m for m in ranked if per[m]["summary"]["n_steerable"] == top["n_steerable"]]
     share = f"{top['n_steerable']} of {top['n_concepts']} ({_pct(top.get('share_steerable'))})"
+    if len(ranked) == 1:
+        return f"`{ranked[0]}` steers {share} of the concepts"
     if len(tied) == 1:
         return f"`{ranked[0]}` steers the most concepts: {share}"
     costs = ", ".join(f"`{m}` {_median(per[m]):.2f}" for m in tied)

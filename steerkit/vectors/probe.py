@@ -195,6 +195,13 @@ def _class_cov(x: torch.Tensor) -> tuple[torch.Tensor, float]:
     return sc.unsqueeze(1) * cov * sc.unsqueeze(0), gamma
 
 
+def _check_inputs(a: torch.Tensor, pos: torch.Tensor) -> None:
+    if pos.shape[1] != a.shape[0]:
+        raise ValueError(f"pos must be (C, {a.shape[0]}), got {tuple(pos.shape)}")
+    if not pos.any():
+        raise ValueError("a probe needs at least one labelled text")
+
+
 def fit_lda(
     a: torch.Tensor,
     pos: torch.Tensor,
@@ -216,10 +223,7 @@ def fit_lda(
     the held-out log-likelihood of the labelled texts over `n_splits` grouped folds (`groups` as for
     the logistic probe; each fold's LDA fitted on the other folds). Dividing by T changes no ranking,
     only how sure the log-probabilities are. T = 1 (uncalibrated) with fewer groups than folds."""
-    if pos.shape[1] != a.shape[0]:
-        raise ValueError(f"pos must be (C, {a.shape[0]}), got {tuple(pos.shape)}")
-    if not pos.any():
-        raise ValueError("a probe needs at least one labelled text")
+    _check_inputs(a, pos)
     mean, scale = standardisation(a)
     t, y, w = probe_rows(pos.bool())
     z = (a.double()[t] - mean.double()) / scale.double()  # (R, H)
@@ -311,10 +315,7 @@ def fit_probe(
     (labelled or not), choose C_reg by grouped `n_splits`-fold CV over `cs` (warm starts up the
     grid within each fold; skipped when there are fewer groups of labelled texts than splits, or one
     value of C_reg: then cs[0] or DEFAULT_C), then fit all labelled rows at that C_reg."""
-    if pos.shape[1] != a.shape[0]:
-        raise ValueError(f"pos must be (C, {a.shape[0]}), got {tuple(pos.shape)}")
-    if not pos.any():
-        raise ValueError("a probe needs at least one labelled text")
+    _check_inputs(a, pos)
     n_c = pos.shape[0]
     mean, scale = standardisation(a)
     t, y, w = probe_rows(pos.bool())
