@@ -37,7 +37,7 @@ from ..models.zoo import DEFAULT_MODEL, cache_root
 from ..runs import finish_run, new_run_dir, prepare_out
 from ..version import __version__
 from .methods import MethodInputs, get_method
-from .probe import DEFAULT_PROBE, PROBE_KINDS, fit_readout_probe, story_groups
+from .probe import DEFAULT_PROBE, fit_readout_probe, probe_kind, story_groups
 from .readout import ConceptVectors
 
 log = logging.getLogger(__name__)
@@ -64,8 +64,7 @@ class ExtractConfig:
 
     def __post_init__(self) -> None:
         get_method(self.method)
-        if self.probe is not None and self.probe not in PROBE_KINDS:
-            raise ValueError(f"probe must be one of {', '.join(PROBE_KINDS)}, got {self.probe!r}")
+        probe_kind(self.probe)
         if self.dtype not in VECTOR_DTYPES:
             raise ValueError(f"dtype must be one of {', '.join(VECTOR_DTYPES)}, got {self.dtype!r}")
         if isinstance(self.max_batch_tokens, bool) or self.max_batch_tokens < 1:
@@ -129,13 +128,14 @@ def vectors_from_texts(
     cache_dir: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
     sites: tuple[str, ...] = ("resid",),
-    probe: str | None = DEFAULT_PROBE,
+    probe: str | bool | None = DEFAULT_PROBE,
 ) -> Extraction:
     """Capture `texts` (+ `neutral`) and build one vector per concept at each layer, and with
     `probe` ("lda", "logistic" or None) the readout probe (probe.py; for "logistic" texts of one
     scenario, or identical texts, share a CV group).
     pos (C, N) bool: the positives of each concept; every other text is a negative."""
     neutral = _check_inputs(texts, names, pos, neutral, method)
+    probe = probe_kind(probe)  # before the capture: a bad kind costs nothing
     res = capture(lm, list(texts) + neutral, layers, sites=sites, pooling=pooling,
                   max_batch_tokens=max_batch_tokens, cache_dir=cache_dir, progress=progress)  # fmt: skip
     return vectors_from_capture(lm, res, texts, names, pos, scenario=scenario, method=method, probe=probe)
@@ -165,12 +165,13 @@ def vectors_from_capture(
     *,
     scenario: torch.Tensor | None = None,
     method: str = "caa",
-    probe: str | None = DEFAULT_PROBE,
+    probe: str | bool | None = DEFAULT_PROBE,
 ) -> Extraction:
     """One vector per concept at each captured layer (and the readout probe of kind `probe`, unless None): rows [0, n) of
     the capture are the n labelled `texts` (pos (C, n)), the rows after them the neutral texts."""
     n = len(texts)
     m = get_method(method)
+    probe = probe_kind(probe)
     neutral = res.resid[res.layers[0]].shape[0] > n if res.layers else False
     vecs, norms, centers = {}, {}, {}
     for layer in res.layers:
@@ -203,7 +204,7 @@ def extract_vectors(
     pooling: Pooling | str = DEFAULT_POOLING,
     neutral: Sequence[str] = (),
     max_batch_tokens: int = 1024,
-    probe: str | None = DEFAULT_PROBE,
+    probe: str | bool | None = DEFAULT_PROBE,
 ) -> ConceptVectors:
     """Concept vectors in memory (the notebook API): one label per text (a concept name, a set of
     names, or None for a text that is only a negative). layers: block indices or a spec string

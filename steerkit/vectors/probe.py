@@ -288,6 +288,19 @@ def grouped_splits(groups: torch.Tensor, n_splits: int) -> list[torch.Tensor]:
     return [f == k for k in range(n_splits)]
 
 
+def probe_kind(probe: str | bool | None) -> str | None:
+    """The probe option as a kind name: "lda" / "logistic" (or their stored names), True for the
+    default, False or None for no probe; anything else is a ValueError naming the choices."""
+    if probe is None or probe is False:
+        return None
+    if probe is True:
+        return DEFAULT_PROBE
+    name = next((k for k, v in PROBE_KINDS.items() if probe in (k, v)), None)
+    if name is None:
+        raise ValueError(f"probe must be one of {', '.join(PROBE_KINDS)} (or None for none), got {probe!r}")
+    return name
+
+
 def fit_readout_probe(
     a: torch.Tensor,
     pos: torch.Tensor,
@@ -298,9 +311,9 @@ def fit_readout_probe(
     """The readout probe of activations a (N, H) with labels pos (C, N): `kind` "lda" (fit_lda; its
     temperature by CV over texts grouped by `groups` unless `calibrate` is False, which changes no
     ranking) or "logistic" (fit_probe, C_reg by the same grouped CV); a stored kind name is accepted too."""
-    name = next((k for k, v in PROBE_KINDS.items() if kind in (k, v)), None)
+    name = probe_kind(kind)
     if name is None:
-        raise ValueError(f"probe must be one of {', '.join(PROBE_KINDS)}, got {kind!r}")
+        raise ValueError("fit_readout_probe needs a probe kind (lda or logistic)")
     return fit_lda(a, pos, groups, calibrate) if name == "lda" else fit_probe(a, pos, groups)
 
 

@@ -415,7 +415,7 @@ def test_read_cli_uses_the_probe(probe_run, tmp_path):
     assert json.loads(res.output)["reader"] == "vectors"
 
 
-def test_notebook_read_uses_the_probe(tiny_lm_factory):
+def test_notebook_read_uses_the_probe(tiny_lm_factory, monkeypatch):
     import steerkit as sk
     from steerkit.corpus import load as load_corpus
 
@@ -428,3 +428,16 @@ def test_notebook_read_uses_the_probe(tiny_lm_factory):
     r = sk.read(lm, vecs, "The evening was warm.", layer=2)
     assert sum(np.exp(v) for v in r.pooled.values()) == pytest.approx(1.0, abs=1e-4)
     assert torch.allclose(r.scores.logsumexp(1), torch.zeros(len(r.tokens)), atol=1e-4)
+    assert vecs.probes[2].kind == "shrinkage_lda"
+    # the probe option: True is the default kind, False none; a bad kind fails before any capture
+    assert sk.extract_vectors(lm, texts, labels, layers=[2], probe=True).probes[2].kind == "shrinkage_lda"
+    assert not sk.extract_vectors(lm, texts, labels, layers=[2], probe=False).probes
+    assert sk.extract_vectors(lm, texts, labels, layers=[2], probe="logistic").probes[2].kind == "multinomial_logistic"
+    import steerkit.vectors.extract as ex
+
+    def no_capture(*a, **k):
+        raise AssertionError("captured before checking the probe kind")
+
+    monkeypatch.setattr(ex, "capture", no_capture)
+    with pytest.raises(ValueError, match="probe must be one of lda, logistic"):
+        sk.extract_vectors(lm, texts, labels, layers=[2], probe="svm")
