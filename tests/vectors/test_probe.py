@@ -334,7 +334,9 @@ def test_extract_stores_the_probe_fitted_on_the_run(probe_run, kind):
     pos = torch.tensor([[c in t["concepts"] for t in data.texts] for c in cv.concepts])
     groups = story_groups([t["sha256"] for t in data.texts], _scenarios(data))
     for layer in (1, 3):  # oracle: the same fit from the saved activations
-        want = fit_probe(data.resid[layer], pos, groups) if kind == "logistic" else fit_lda(data.resid[layer], pos, groups)
+        want = (
+            fit_probe(data.resid[layer], pos, groups) if kind == "logistic" else fit_lda(data.resid[layer], pos, groups)
+        )
         assert torch.allclose(cv.probes[layer].weight, want.weight, atol=1e-6)
         assert cv.probes[layer].kind == want.kind and cv.probes[layer].info == want.info
         assert cv.probes[layer].c_reg == want.c_reg or kind == "lda"
