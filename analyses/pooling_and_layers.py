@@ -11,6 +11,7 @@ each fold as the quality report does. `--model` runs another model (results/by_m
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -37,9 +38,16 @@ def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--per-concept", type=int, default=SUBSET_PER_CONCEPT, help="pooling subset: stories per concept")
     ap.add_argument("--methods", default=",".join([*METHODS, *PROBES]), help="vector methods and probes to compare")
+    ap.add_argument(
+        "--carry",
+        default="",
+        help="methods whose rows are copied from the results folder's existing "
+        "results.json (same model, texts and folds) instead of recomputed; marked as carried in the report",
+    )
     args = ap.parse_args()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS and m not in PROBES]
+    carry = [m.strip() for m in args.carry.split(",") if m.strip()]
+    unknown = [m for m in methods + carry if m not in METHODS and m not in PROBES]
     if unknown:
         ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, *PROBES])}")
     common.seed_all()
@@ -73,9 +81,10 @@ def main() -> None:
     for mname in methods:  # the method comparison: each method and probe on the whole corpus, the default pooling
         use = layers if mname not in SLOW else slow_layers
         results["methods"][mname] = _readout(res, len(texts), pos, neg, scenario, labels, names, k, mname, use, groups)
+    results["model"] = lm.info.get("spec")
+    results["carried"] = _carry(out / "results.json", carry, results) if carry else {}
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
-    results["model"] = lm.info.get("spec")
     best = max(((m, la, v) for m, r in results["methods"].items() for la, v in r.items()),
                key=lambda t: (t[2]["top3"], t[2]["top1"]))  # fmt: skip
     results["best"] = {"pooling": DEFAULT_POOLING.name, "method": best[0], "layer": int(best[1]), **best[2]}
@@ -84,6 +93,24 @@ def main() -> None:
     results["best_pooling_caa"] = {"pooling": bp[0], "layer": int(bp[1]), **bp[2]}
     _figure(results, out)
     common.write_results(out, results, _report(results, args))
+
+
+def _carry(path: Path, carry: list[str], results: dict) -> dict[str, str]:
+    """Copy the rows of methods `carry` from an earlier results.json of the same model, texts and
+    folds into results["methods"] (in place); returns {method: where its rows came from}.
+    Exits with a message when the earlier results do not exist or do not match."""
+    if not path.is_file():
+        raise SystemExit(f"--carry: {path} does not exist; run without --carry first")
+    old = json.loads(path.read_text())
+    same = all(old.get(k) == results[k] for k in ("model", "n_texts", "k_folds", "n_concepts"))
+    missing = [m for m in carry if m not in old.get("methods", {})]
+    if not same or missing:
+        raise SystemExit(
+            f"--carry: {path} is another model / corpus / fold count or lacks {missing}; recompute instead"
+        )
+    for m in carry:
+        results["methods"][m] = old["methods"][m]
+    return {m: f"an earlier run of this analysis ({old.get('seconds', 0):.0f} s)" for m in carry}
 
 
 def _subset(corpus: object, per_concept: int) -> torch.Tensor:
@@ -169,6 +196,8 @@ def _report(results: dict, args: object) -> str:
         "",
         common.table(rows, ["model", "pooling", "method", "best block", "top-1", "top-3"]),
         "",
+        *([f"Carried, not recomputed in this run (same model, texts and folds): "
+           f"{', '.join(f'`{m}` from {w}' for m, w in results['carried'].items())}.", ""] if results.get("carried") else []),
         "Every layer: results.json (`table[pooling][method][block]`); figure: heldout_top3.png. "
         "`logistic` and `probe:logistic` are fitted at three middle blocks only in the full run (iterative fits "
         "per fold); `probe:*` rows are the readout probes `extract` fits (`read` uses `probe:lda` by default).",
