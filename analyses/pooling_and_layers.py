@@ -52,6 +52,8 @@ def main() -> None:
         ap.error(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join([*METHODS, *PROBES])}")
     common.seed_all()
     out = common.out_dir("pooling_and_layers", args)
+    if carry and not (out / "results.json").is_file():  # before an hour of work, not after
+        raise SystemExit(f"--carry: {out / 'results.json'} does not exist; run without --carry first")
     clock = common.Clock()
     lm = common.model_for(args)
     corpus = load_corpus(common.corpus_for(args))

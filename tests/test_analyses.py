@@ -52,3 +52,24 @@ def test_quick_without_out_never_writes_the_committed_results(tmp_path, monkeypa
     full = argparse.Namespace(out=None, quick=False)
     assert common.RESULTS / "steering" == ROOT / "analyses" / "results" / "steering"
     assert common.out_dir("steering", full) == common.RESULTS / "steering"
+    other = argparse.Namespace(out=None, quick=False, model="gemma3-270m")  # another model: beside, not over
+    assert common.out_dir("steering", other) == common.RESULTS / "steering" / "by_model" / "gemma3-270m"
+
+
+def test_pooling_and_layers_carries_rows_only_from_a_matching_run(tmp_path):
+    """--carry copies a method's rows from the folder's earlier results.json (and says so), and
+    refuses when there is none."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "STEERKIT_CACHE": str(tmp_path / "cache")}
+    script = [sys.executable, str(ROOT / "analyses" / "pooling_and_layers.py"), "--quick", "--out", str(tmp_path / "r")]
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([*script, *args], capture_output=True, text=True, env=env, timeout=600)
+
+    refused = run("--methods", "caa", "--carry", "pca")
+    assert refused.returncode != 0 and "does not exist" in refused.stderr
+    assert run("--methods", "caa,pca").returncode == 0
+    first = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert run("--methods", "caa", "--carry", "pca").returncode == 0
+    second = json.loads((tmp_path / "r" / "results.json").read_text())
+    assert second["methods"]["pca"] == first["methods"]["pca"] and set(second["carried"]) == {"pca"}
+    assert "Carried, not recomputed" in (tmp_path / "r" / "report.md").read_text()
