@@ -168,6 +168,7 @@ def _figure(results: dict, out: Path) -> None:
 
 def _report(results: dict, args: object) -> str:
     b, bp = results["best"], results["best_pooling_caa"]
+    skipped = [m for m in [*METHODS, *PROBES] if m not in results["methods"]]
     rows, mrows = [], []
     for p, ms in results["table"].items():
         for m, r in ms.items():
@@ -198,6 +199,7 @@ def _report(results: dict, args: object) -> str:
         "",
         common.table(rows, ["model", "pooling", "method", "best block", "top-1", "top-3"]),
         "",
+        *([f"Not run (`--methods`): {', '.join(f'`{m}`' for m in skipped)}.", ""] if skipped else []),
         *([f"Carried, not recomputed in this run (same model, texts and folds): "
            f"{', '.join(f'`{m}` from {w}' for m, w in results['carried'].items())}.", ""] if results.get("carried") else []),
         "Every layer: results.json (`table[pooling][method][block]`); figure: heldout_top3.png. "
