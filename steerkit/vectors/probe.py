@@ -248,13 +248,15 @@ def _lda(z: torch.Tensor, y: torch.Tensor, n_c: int) -> tuple[torch.Tensor, torc
     present = torch.unique(y)
     weight = torch.zeros(n_c, z.shape[1], dtype=torch.float64)
     bias = torch.full((n_c,), -math.inf, dtype=torch.float64)
-    priors = torch.stack([(y == c).double().mean() for c in present])  # (k,)
-    means = torch.stack([z[y == c].mean(0) for c in present])  # (k, H)
+    priors = torch.bincount(y)[present].double() / len(y)  # (k,)
+    means = torch.zeros(len(present), z.shape[1], dtype=torch.float64)  # (k, H)
     cov = torch.zeros(z.shape[1], z.shape[1], dtype=torch.float64)
     gammas = []
-    for c, pi in zip(present.tolist(), priors, strict=True):
-        s_c, gamma = _class_cov(z[y == c])
-        cov += pi * s_c
+    for i, c in enumerate(present.tolist()):  # each class's rows selected once
+        zc = z[y == c]
+        means[i] = zc.mean(0)
+        s_c, gamma = _class_cov(zc)
+        cov += priors[i] * s_c
         gammas.append(gamma)
     coef = torch.linalg.lstsq(cov, means.t(), driver="gelsd").solution.t()  # (k, H)
     weight[present] = coef
