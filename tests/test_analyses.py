@@ -73,3 +73,59 @@ def test_pooling_and_layers_carries_rows_only_from_a_matching_run(tmp_path):
     second = json.loads((tmp_path / "r" / "results.json").read_text())
     assert second["methods"]["pca"] == first["methods"]["pca"] and set(second["carried"]) == {"pca"}
     assert "Carried, not recomputed" in (tmp_path / "r" / "report.md").read_text()
+
+
+def _analysis(name: str, monkeypatch):  # type: ignore[no-untyped-def]
+    """Import analyses/<name>.py as a module (it imports analyses/common.py as `common`)."""
+    import importlib.util
+
+    monkeypatch.syspath_prepend(str(ROOT / "analyses"))
+    spec = importlib.util.spec_from_file_location(f"analysis_{name}", ROOT / "analyses" / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_reading_apart_counts_hits_like_a_brute_force_ranking(monkeypatch):
+    """top-k hits equal sorting each row by hand, ties counted against the true concept."""
+    import torch
+
+    ra = _analysis("reading_apart", monkeypatch)
+    g = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (200, 7), generator=g).float()  # many ties
+    labels = torch.randint(0, 7, (200,), generator=g)
+    for k in (1, 3):
+        got = ra.topk_hits(scores, labels, k)
+        for i in range(200):
+            rank = 1 + sum(1 for j in range(7) if j != labels[i] and scores[i, j] >= scores[i, labels[i]])
+            assert bool(got[i]) == (rank <= k)
+
+
+def test_reading_apart_story_folder(tmp_path, monkeypatch):
+    """Stories per <concept>.txt split on ---; a concept the corpus lacks is listed, not read; an
+    empty or missing folder is a one-line exit."""
+    ra = _analysis("reading_apart", monkeypatch)
+    (tmp_path / "calm.txt").write_text("One.\n---\nTwo.\n---\n\n")
+    (tmp_path / "zany.txt").write_text("Three.")
+    texts, labels, unknown = ra.load_stories(tmp_path, ["sad", "calm"])
+    assert texts == ["One.", "Two."] and labels == [1, 1] and unknown == ["zany"]
+    with pytest.raises(SystemExit, match="no stories"):
+        ra.load_stories(tmp_path, ["sad"])
+    with pytest.raises(SystemExit, match="not a folder"):
+        ra.load_stories(tmp_path / "nope", ["sad"])
+    shipped = ROOT / "heldout" / "stories"  # the committed test set: 2 stories for every corpus concept
+    import json
+
+    from steerkit.corpus.text import avoid_hits, near_duplicates
+
+    concepts = json.loads((ROOT / "corpora" / "manifest.json").read_text())["concepts"]
+    names = [c["name"] for c in concepts]
+    texts, labels, unknown = ra.load_stories(shipped, names)
+    assert unknown == [] and sorted(set(labels)) == list(range(len(names))) and len(texts) == 2 * len(names)
+    for text, c in zip(texts, labels, strict=True):  # no story names its own concept (the corpus's rule)
+        assert avoid_hits(text, concepts[c].get("avoid", [])) == [], (names[c], text[:60])
+    from steerkit.corpus import load as load_corpus
+
+    corpus = [t.text for t in load_corpus(ROOT / "corpora").texts]  # apart: no story near any corpus text
+    crossing = [(i, j) for i, j, _ in near_duplicates(corpus + texts) if i < len(corpus) <= j]
+    assert crossing == []
