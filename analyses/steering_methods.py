@@ -30,7 +30,9 @@ def main() -> None:
     ap.add_argument("--alphas", default="0,4,8", help="steering strengths (absolute)")
     ap.add_argument("--prompts", type=int, default=8, help="neutral prompts (the first N of the default set)")
     ap.add_argument("--seeds", type=int, default=2, help="sampled continuations per prompt")
-    ap.add_argument("--random-draws", type=int, default=8, help="random directions per layer")
+    ap.add_argument(
+        "--random-draws", type=int, default=32, help="random directions per layer (power: docs/steer-eval.md)"
+    )
     ap.add_argument("--max-new-tokens", type=int, default=24, help="tokens per continuation")
     ap.add_argument("--work", default=None, help="working folder to keep and resume (default: temporary)")
     args = ap.parse_args()
@@ -73,9 +75,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
                   "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer"),
                   "probe_kind": rep["source"].get("probe_kind")}  # fmt: skip
         layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
+        draws = rep["config"]["random_draws"]
     ranking = sorted(methods, key=lambda m: (-per[m]["summary"]["n_steerable"], _median(per[m])))
     results = {"methods": per, "ranking": ranking, "best": ranking[0], "layers": layers, "alphas": alphas,
-               "n_units": n_units, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
+               "n_units": n_units, "random_draws": draws, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     common.write_results(out, results, _report(results))
@@ -133,7 +136,8 @@ def _report(results: dict) -> str:
         "",
         f"Question: which vector method steers the most concepts? Model {results['model']}; the same reduced steer-eval "
         f"grid for every method: layers {results['layers']}, alphas {results['alphas']}, {results['n_units']} prompt x "
-        f"seed units per arm; every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
+        f"seed units per arm, {results.get('random_draws', '?')} random directions per layer and alpha (the control); "
+        f"every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
         f"(the same reader whatever the method). Runtime {results['seconds']:.0f} s.",
         "",
         f"**Headline:** {_headline(per, methods)}; ranking {' > '.join(f'`{m}`' for m in methods)} "

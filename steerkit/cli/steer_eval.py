@@ -64,7 +64,7 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 @click.option("--max-new-tokens", default=40, type=POSITIVE_INT, show_default=True, help="Tokens per continuation.")
 @click.option(
     "--random-draws",
-    default=16,
+    default=32,
     type=BoundedInt(2),
     show_default=True,
     help="Random directions per layer (the control).",

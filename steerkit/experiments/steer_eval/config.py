@@ -30,7 +30,7 @@ class SteerEvalConfig:
     max_new_tokens: int = 40
     temperature: float = 1.0
     greedy: bool = False
-    random_draws: int = 16
+    random_draws: int = 32
     max_nll_increase: float = 1.0
     min_success: float = 0.5
     top: int = 3
