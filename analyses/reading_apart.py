@@ -13,7 +13,9 @@ default reader. `--quick`: a tiny random model, the small test corpus, the test 
 
 from __future__ import annotations
 
+import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -34,6 +36,8 @@ STORIES = common.ROOT / "heldout" / "stories"
 READERS = ["probe:lda", "probe:logistic", "caa", "centered"]
 DEFAULT_READER = "probe:lda"  # what `steerkit read` uses on a run extracted with the defaults
 BOOTSTRAP = 2000
+SHORT = {"two sentences": 2, "first sentence": 1}  # story openings read as short texts
+SENTENCE_END = re.compile(r"[.!?][\"\u201d\u2019)]?(?=\s|$)")
 
 
 def load_stories(folder: Path, names: list[str]) -> tuple[list[str], list[int], list[str]]:
@@ -75,12 +79,18 @@ def bootstrap_ci(hits: np.ndarray, groups: np.ndarray, n: int = BOOTSTRAP, seed:
     return [round(float(np.percentile(means, 2.5)), 4), round(float(np.percentile(means, 97.5)), 4)]
 
 
-def reader_scores(name: str, x: MethodInputs, groups: torch.Tensor, test: torch.Tensor) -> torch.Tensor:
-    """(n_test, C) scores of the test rows by reader `name` fitted on all corpus rows x."""
+def fit_reader(name: str, x: MethodInputs, groups: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Reader `name` fitted on all corpus rows x: a function (n, H) -> (n, C) scores."""
     if name.startswith("probe:"):
-        return fit_readout_probe(x.a, x.pos, groups, name.split(":")[1], calibrate=False).log_probs(test)
-    unit = METHODS[name].fn(x)[0]  # (C, H) unit rows
-    return (test - x.a.mean(0)) @ unit.T  # projections around the corpus mean (extract's centre)
+        return fit_readout_probe(x.a, x.pos, groups, name.split(":")[1], calibrate=False).log_probs
+    unit, centre = METHODS[name].fn(x)[0], x.a.mean(0)  # (C, H) unit rows; extract's centre
+    return lambda h: (h - centre) @ unit.T  # projections
+
+
+def first_sentences(text: str, k: int) -> str:
+    """The first k sentences of text (ends: . ! ? and a closing quote or bracket, then space or end)."""
+    ends = [m.end() for m in SENTENCE_END.finditer(text)]
+    return text[: ends[k - 1]] if len(ends) >= k else text
 
 
 def main() -> None:
@@ -101,7 +111,8 @@ def main() -> None:
     pos, neg, scenario = membership(corpus)
     groups = story_groups(texts, scenario)
     cache = None if args.quick else cache_root() / "activations"
-    res = capture(lm, texts + neutral + tests, layers, pooling=DEFAULT_POOLING, cache_dir=cache)
+    short = [first_sentences(t, k) for k in SHORT.values() for t in tests]
+    res = capture(lm, texts + neutral + tests + short, layers, pooling=DEFAULT_POOLING, cache_dir=cache)
     n, n_neu = len(texts), len(neutral)
     labels = torch.tensor(labels_list)
     results: dict = {"model": lm.info.get("spec"), "stories": str(Path(args.stories)), "n_stories": len(tests),
@@ -113,8 +124,12 @@ def main() -> None:
         for layer in layers:
             acts = res.resid[layer]
             x = MethodInputs(acts[:n], pos, neg, scenario, acts[n : n + n_neu])
-            s = reader_scores(reader, x, groups, acts[n + n_neu :])
+            read = fit_reader(reader, x, groups)
+            at = n + n_neu
+            s = read(acts[at : at + len(tests)])
             scores_at[reader, layer] = s
+            for i, kind in enumerate(SHORT, start=1):
+                scores_at[reader, layer, kind] = read(acts[at + i * len(tests) : at + (i + 1) * len(tests)])
             row[str(layer)] = {"top1": round(float(topk_hits(s, labels, 1).double().mean()), 4),
                                "top3": round(float(topk_hits(s, labels, 3).double().mean()), 4)}  # fmt: skip
         results["readers"][reader] = row
@@ -130,6 +145,11 @@ def main() -> None:
                         "top1_ci": bootstrap_ci(topk_hits(s, labels, 1).numpy().astype(float), lab),
                         "top3_ci": bootstrap_ci(topk_hits(s, labels, 3).numpy().astype(float), lab)}  # fmt: skip
     results["best"] = best
+    results["short"] = {  # the same readers at their best block, on the stories' openings
+        reader: {kind: {f"top{k}": round(float(topk_hits(scores_at[reader, v["layer"], kind], labels, k).double().mean()), 4)
+                        for k in (1, 3)} for kind in SHORT}
+        for reader, v in best.items()
+    }  # fmt: skip
     d = best[DEFAULT_READER]
     s = scores_at[DEFAULT_READER, d["layer"]]
     pred = s.argmax(1)
@@ -190,6 +210,12 @@ def _report(results: dict) -> str:
         "Best block per reader:",
         "",
         common.table(rows, ["model", "reader", "block", "top-1", "95% CI", "top-3", "95% CI"]),
+        "",
+        "The same readers at the same blocks on the stories' openings (top-1 / top-3; whole story for comparison):",
+        "",
+        common.table([[results["model"], m, v["layer"], f"{v['top1']:.2f} / {v['top3']:.2f}",
+                       *[f"{results['short'][m][kind]['top1']:.2f} / {results['short'][m][kind]['top3']:.2f}" for kind in SHORT]]
+                      for m, v in b.items()], ["model", "reader", "block", "whole story", *SHORT]),
         "",
         "Every block (top-1 / top-3):",
         "",

@@ -129,3 +129,13 @@ def test_reading_apart_story_folder(tmp_path, monkeypatch):
     corpus = [t.text for t in load_corpus(ROOT / "corpora").texts]  # apart: no story near any corpus text
     crossing = [(i, j) for i, j, _ in near_duplicates(corpus + texts) if i < len(corpus) <= j]
     assert crossing == []
+
+
+def test_reading_apart_story_openings(monkeypatch):
+    """A story's first k sentences end at . ! ? (with a closing quote or bracket); fewer sentences than
+    k give the whole text."""
+    ra = _analysis("reading_apart", monkeypatch)
+    t = 'He said "Stop!" She ran. Then (quietly) it ended at 3.5 km.'
+    assert ra.first_sentences(t, 1) == 'He said "Stop!"'
+    assert ra.first_sentences(t, 2) == 'He said "Stop!" She ran.'
+    assert ra.first_sentences(t, 3) == t and ra.first_sentences("no end", 1) == "no end"
