@@ -115,7 +115,7 @@ def main() -> None:
     res = capture(lm, texts + neutral + tests + short, layers, pooling=DEFAULT_POOLING, cache_dir=cache)
     n, n_neu = len(texts), len(neutral)
     labels = torch.tensor(labels_list)
-    results: dict = {"model": lm.info.get("spec"), "stories": str(Path(args.stories)), "n_stories": len(tests),
+    results: dict = {"model": lm.info.get("spec"), "stories": _shown(Path(args.stories)), "n_stories": len(tests),
                      "n_concepts": len(names), "n_story_concepts": len(set(labels_list)), "unknown_concepts": unknown,
                      "n_corpus_texts": n, "layers": layers, "pooling": DEFAULT_POOLING.name, "readers": {}}  # fmt: skip
     scores_at: dict = {}
@@ -165,6 +165,12 @@ def main() -> None:
     common.write_results(out, results, _report(results))
 
 
+def _shown(folder: Path) -> str:
+    """The story folder as the report shows it: relative to the repository when inside it."""
+    f = folder.resolve()
+    return f.relative_to(common.ROOT).as_posix() if f.is_relative_to(common.ROOT) else str(f)
+
+
 def _figure(results: dict, out: Path) -> None:
     with common.figure(out / "reading_apart.png", (11, 4.5)) as fig:
         ax1, ax3 = fig.subplots(1, 2, sharey=True)
@@ -197,7 +203,7 @@ def _report(results: dict) -> str:
         "",
         f"Question: how well does a reader fitted on the whole corpus read stories written apart from it? Model "
         f"{results['model']}; {results['n_stories']} stories of {results['n_story_concepts']} concepts from "
-        f"`{Path(results['stories']).name}/`, never used to fit anything, read among all {results['n_concepts']} "
+        f"`{results['stories']}/`, never used to fit anything, read among all {results['n_concepts']} "
         f"corpus concepts ({results['pooling']} pooling, readers fitted on the {results['n_corpus_texts']} corpus "
         f"texts; chance {1 / results['n_concepts']:.1%} / {min(1.0, 3 / results['n_concepts']):.1%}). Intervals: "
         f"95% bootstrap over concepts. Runtime {results['seconds']:.0f} s.",
