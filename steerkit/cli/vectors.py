@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from ..capture import BlockSpec, Pooling
     from ..models.loading import Placement
 
+SHORT_TEXT_TOKENS = 30  # `read` notes that fewer tokens read less reliably (heldout story openings, docs/vectors.md)
+
 
 @main.command()
 @click.option("--stories", default="corpora", show_default=True, type=click.Path(), help="Corpus folder.")
@@ -295,6 +297,7 @@ def read(
     if as_json:
         click.echo(json.dumps({"layer": layer, "reader": reader, "pooled": pooled, "tokens": per_token}, indent=1))
         return
+    short = len(per_token) < SHORT_TEXT_TOKENS
     from rich.table import Table
 
     how = "probe log-probabilities" if reader == "probe" else "projections on the vectors"
@@ -303,3 +306,8 @@ def read(
         t.add_row(repr(row["token"]), *[f"{c} {s:+.2f}" for c, s in row["top"]])
     console().print(t)
     click.echo("pooled: " + ", ".join(f"{c} {s:+.2f}" for c, s in pooled))
+    if short:
+        click.echo(
+            f"note: {len(per_token)} tokens. The reader was fitted on story-length texts and reads a sentence or two "
+            "far less reliably than a story (docs/vectors.md, 'On a single short sentence'); prefer a paragraph."
+        )

@@ -408,6 +408,10 @@ def test_read_cli_uses_the_probe(probe_run, tmp_path):
         assert score == pytest.approx(float(want[cv.concepts.index(name)]), abs=2e-3)
     for tok in data["tokens"]:
         assert all(s <= 1e-3 for _, s in tok["top"])  # log-probabilities
+    for words, noted in ((text, len(data["tokens"]) < 30), (" ".join([text] * 8), False)):  # a short text gets a note
+        human = CliRunner().invoke(main, ["read", "--vectors", str(run), "--text", words, "--model", str(tiny)])
+        assert human.exit_code == 0 and ("note:" in human.output) == noted and "pooled:" in human.output
+    assert len(data["tokens"]) < 30  # the short case above did expect the note
     out = tmp_path / "noprobe"
     args = ["extract", "--stories", str(FIXTURE), "--model", str(tiny), "--layers", "3", "--out", str(out),
             "--allow-untrained", "--no-cache", "--no-probe"]  # fmt: skip
