@@ -27,6 +27,7 @@ import torch  # noqa: E402
 from steerkit.capture import capture, default_spread  # noqa: E402
 from steerkit.corpus import load as load_corpus  # noqa: E402
 from steerkit.corpus.text import split_stories  # noqa: E402
+from steerkit.experiments.steer_eval.analysis import ranks  # noqa: E402
 from steerkit.models.zoo import cache_root  # noqa: E402
 from steerkit.vectors.extract import DEFAULT_POOLING, membership  # noqa: E402
 from steerkit.vectors.methods import METHODS, MethodInputs  # noqa: E402
@@ -61,9 +62,8 @@ def load_stories(folder: Path, names: list[str]) -> tuple[list[str], list[int], 
 
 def topk_hits(scores: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """(n,) bool: the true concept among the k highest scores of each row of scores (n, C); ties
-    count against it (rank = 1 + #{other concepts scoring >= it}), as steer-eval's success does."""
-    rank = (scores >= scores.gather(1, labels[:, None])).sum(1)  # (n,) 1 + #{others >= true}
-    return rank <= k
+    count against it: steer-eval's rank, so a reading hit here is a steering success there."""
+    return torch.from_numpy(ranks(scores.numpy(), labels.numpy()) <= k)
 
 
 def bootstrap_ci(hits: np.ndarray, groups: np.ndarray, n: int = BOOTSTRAP, seed: int = 0) -> list[float]:

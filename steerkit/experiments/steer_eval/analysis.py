@@ -38,9 +38,10 @@ class Arm:
     rep3: np.ndarray
 
 
-def ranks(scores: np.ndarray, c: int) -> np.ndarray:
-    """Rank of concept c in each row of scores (n, C): 1 + #{j != c: s_j >= s_c} (ties count against c)."""
-    s = scores[:, c : c + 1]  # (n, 1)
+def ranks(scores: np.ndarray, c: int | np.ndarray) -> np.ndarray:
+    """Rank of concept c in each row of scores (n, C): 1 + #{j != c: s_j >= s_c} (ties count against c).
+    c: one concept for every row, or (n,) a concept per row."""
+    s = scores[:, c : c + 1] if np.ndim(c) == 0 else np.take_along_axis(scores, np.asarray(c)[:, None], 1)  # (n, 1)
     return (scores >= s).sum(1)  # column c itself counts once: the 1 +
 
 
