@@ -1,7 +1,8 @@
 """pooling_and_layers: which pooling, layer and vector method read held-out stories best?
 
 The table behind `DEFAULT_POOLING` and extract's default method: 5-fold held-out readout (top-1 /
-top-3 over all concepts, folds stratified over single-concept texts, the vectors rebuilt from the
+top-3 over all concepts, folds stratified over single-concept texts with each paired scenario's texts
+in one fold, as the quality report folds them, the vectors rebuilt from the
 training folds only with each method) per pooling (last, mean, mean_after:1) x layer x method
 (caa, paired, centered, pca, logistic) on the story corpus, and beside the vector methods the two
 readout probes `extract` can fit (`probe:lda`, the default, and `probe:logistic`), refitted inside
@@ -32,6 +33,7 @@ POOLINGS = ["last", "mean", "mean_after:1"]
 SUBSET_PER_CONCEPT = 8  # pooling comparison: unpaired stories per concept (+ all paired texts), to fit 2 cores
 PROBES = ["probe:lda", "probe:logistic"]  # the readout probes (`extract --probe lda|logistic`)
 SLOW = {"logistic", "probe:logistic"}  # iterative fits per fold: only at a few layers in the full run
+FOLDS = "stratified, scenario-grouped"  # the quality report's folds (held_out_readout with groups)
 
 
 def main() -> None:
@@ -67,7 +69,9 @@ def main() -> None:
     k = 5 if not args.quick else 3
     slow_layers = layers[len(layers) // 2 - 1 : len(layers) // 2 + 2] if not args.quick else layers
     subset = _subset(corpus, args.per_concept if not args.quick else 10**6)
-    results: dict = {"per_concept": args.per_concept, "layers": layers, "k_folds": k, "n_texts": len(texts), "n_subset": int(subset.sum()),
+    groups = story_groups(texts, scenario)
+    results: dict = {"per_concept": args.per_concept, "layers": layers, "k_folds": k, "folds": FOLDS,
+                     "n_texts": len(texts), "n_subset": int(subset.sum()),
                      "n_concepts": len(names), "table": {}, "methods": {}}  # fmt: skip
     cache = None if args.quick else cache_root() / "activations"
     idx = subset.nonzero().squeeze(1)
@@ -75,11 +79,22 @@ def main() -> None:
         sub_texts = [texts[i] for i in idx.tolist()]
         res = capture(lm, sub_texts + neutral, layers, pooling=parse_pooling(pname), cache_dir=cache)
         results["table"][pname] = {
-            m: _readout(res, len(sub_texts), pos[:, idx], neg[:, idx], scenario[idx], labels[idx], names, k, m, layers)
+            m: _readout(
+                res,
+                len(sub_texts),
+                pos[:, idx],
+                neg[:, idx],
+                scenario[idx],
+                labels[idx],
+                names,
+                k,
+                m,
+                layers,
+                groups[idx],
+            )
             for m in ("caa", "paired", "centered")
         }
     res = capture(lm, texts + neutral, layers, pooling=DEFAULT_POOLING, cache_dir=cache)
-    groups = story_groups(texts, scenario)
     for mname in methods:  # the method comparison: each method and probe on the whole corpus, the default pooling
         use = layers if mname not in SLOW else slow_layers
         results["methods"][mname] = _readout(res, len(texts), pos, neg, scenario, labels, names, k, mname, use, groups)
@@ -104,11 +119,11 @@ def _carry(path: Path, carry: list[str], results: dict) -> dict[str, str]:
     if not path.is_file():
         raise SystemExit(f"--carry: {path} does not exist; run without --carry first")
     old = json.loads(path.read_text())
-    same = all(old.get(k) == results[k] for k in ("model", "n_texts", "k_folds", "n_concepts"))
+    same = all(old.get(k) == results[k] for k in ("model", "n_texts", "k_folds", "folds", "n_concepts"))
     missing = [m for m in carry if m not in old.get("methods", {})]
     if not same or missing:
         raise SystemExit(
-            f"--carry: {path} is another model / corpus / fold count or lacks {missing}; recompute instead"
+            f"--carry: {path} is another model / corpus / fold count or kind, or lacks {missing}; recompute instead"
         )
     for m in carry:
         results["methods"][m] = old["methods"][m]
@@ -128,9 +143,10 @@ def _subset(corpus: object, per_concept: int) -> torch.Tensor:
     return torch.tensor(keep)
 
 
-def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers, groups=None) -> dict:  # type: ignore[no-untyped-def]
+def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers, groups) -> dict:  # type: ignore[no-untyped-def]
     """Held-out top-1 / top-3 per layer of method `mname` (vectors rebuilt from the training folds), or
-    of a readout probe `probe:<kind>` (refitted on the training folds, as the quality report does)."""
+    of a readout probe `probe:<kind>` (refitted on the training folds, as the quality report does);
+    the texts of one group (paired scenario) share a fold."""
     row = {}
     for layer in layers:
         acts = res.resid[layer]
@@ -140,7 +156,8 @@ def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers, groups
             scorer = _probe_scorer(x.a, pos, groups, mname.split(":")[1])
         elif mname != "caa":
             fn = lambda train, m=METHODS[mname], x=x: m.fn(x.subset(train))[0]  # noqa: E731
-        h = held_out_readout(x.a, labels, n_concepts=len(names), k_folds=k, seed=0, vector_fn=fn, scorer_fn=scorer)
+        h = held_out_readout(x.a, labels, n_concepts=len(names), k_folds=k, seed=0, vector_fn=fn, scorer_fn=scorer,
+                             groups=groups)  # fmt: skip
         row[str(layer)] = {"top1": round(h.top1_overall, 4), "top3": round(h.top3_overall, 4)}
     print(f"{mname:>9} ({n} texts): " + " ".join(f"{la}:{v['top3']:.2f}" for la, v in row.items()), flush=True)
     return row
@@ -183,7 +200,7 @@ def _report(results: dict, args: object) -> str:
         "",
         f"Question: which pooling, layer and method read held-out stories best? Model {results['model']}, "
         f"{results['n_texts']} texts, {results['n_concepts']} concepts, {results['k_folds']}-fold held-out readout "
-        f"(vectors rebuilt from the training folds with each method; {chance}). Runtime {results['seconds']:.0f} s "
+        f"(folds {results.get('folds', 'stratified')}; vectors rebuilt from the training folds with each method; {chance}). Runtime {results['seconds']:.0f} s "
         f"(load average {results['environment']['load_average_1m']}).",
         "",
         f"**Headline:** on the whole corpus with {b['pooling']} pooling the best method is {b['method']} at block "

@@ -73,6 +73,10 @@ def test_pooling_and_layers_carries_rows_only_from_a_matching_run(tmp_path):
     second = json.loads((tmp_path / "r" / "results.json").read_text())
     assert second["methods"]["pca"] == first["methods"]["pca"] and set(second["carried"]) == {"pca"}
     assert "Carried, not recomputed" in (tmp_path / "r" / "report.md").read_text()
+    assert second["folds"] == "stratified, scenario-grouped"
+    (tmp_path / "r" / "results.json").write_text(json.dumps({**second, "folds": "stratified"}))  # an older protocol
+    mixed = run("--methods", "caa", "--carry", "pca")
+    assert mixed.returncode != 0 and "fold count or kind" in mixed.stderr
 
 
 def _analysis(name: str, monkeypatch):  # type: ignore[no-untyped-def]

@@ -33,15 +33,37 @@ class HeldOutReadout:
     fold: torch.Tensor
 
 
-def stratified_folds(labels: Array, k: int, seed: int = 0) -> torch.Tensor:
+def stratified_folds(labels: Array, k: int, seed: int = 0, groups: Array | None = None) -> torch.Tensor:
     """Fold of each labelled text (N,) long, -1 for label -1. Seeded shuffle, then per label a
-    round robin over folds (sizes within a label differ by at most 1; fold sizes overall too)."""
+    round robin over folds (sizes within a label differ by at most 1; fold sizes overall too).
+    groups (N,): texts of one group (a paired scenario: one situation told with several emotions)
+    share a fold, so no group is split between training and test; the groups are dealt as the
+    texts are, each by the label of its first labelled text. Singleton groups (every text its own
+    group) give exactly the folds without groups."""
     lab = torch.as_tensor(labels).detach().to("cpu", torch.long)
     idx = (lab >= 0).nonzero().squeeze(1)
-    idx = idx[torch.randperm(idx.numel(), generator=torch.Generator().manual_seed(seed))]
-    idx = idx[torch.argsort(lab[idx], stable=True)]  # grouped by label, shuffled within
+    if groups is None:
+        unit, first = idx, idx  # every labelled text is its own unit
+    else:
+        g = torch.as_tensor(groups).detach().to("cpu", torch.long)
+        if g.shape != lab.shape:
+            raise ValueError(f"groups must be (N,) = {tuple(lab.shape)}, got {tuple(g.shape)}")
+        gl = g[idx]
+        seen: dict[int, int] = {}
+        for i, gi in zip(idx.tolist(), gl.tolist(), strict=True):
+            seen.setdefault(gi, i)  # a group's first labelled text
+        first = torch.tensor(list(seen.values()), dtype=torch.long)
+        unit = torch.tensor(list(seen), dtype=torch.long)
+    order = torch.randperm(unit.numel(), generator=torch.Generator().manual_seed(seed))
+    order = order[torch.argsort(lab[first[order]], stable=True)]  # grouped by label, shuffled within
+    unit_fold = torch.empty(unit.numel(), dtype=torch.long)
+    unit_fold[order] = torch.arange(unit.numel()) % k  # consecutive within a label = round robin
     fold = torch.full_like(lab, -1)
-    fold[idx] = torch.arange(idx.numel()) % k  # consecutive within a label = round robin
+    if groups is None:
+        fold[idx] = unit_fold
+    else:
+        of = dict(zip(unit.tolist(), unit_fold.tolist(), strict=True))
+        fold[idx] = torch.tensor([of[gi] for gi in gl.tolist()], dtype=torch.long)
     return fold
 
 
@@ -53,6 +75,7 @@ def held_out_readout(
     seed: int = 0,
     vector_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     scorer_fn: Callable[[torch.Tensor], Callable[[torch.Tensor], torch.Tensor]] | None = None,
+    groups: Array | None = None,
 ) -> HeldOutReadout:
     """Does the CAA vector read a concept in text it was not built from? acts (N, H); labels (N,)
     long, c in [0, C) or -1 for unlabelled texts (e.g. baselines: a negative of every concept,
@@ -65,7 +88,9 @@ def held_out_readout(
     (C, H) vectors built from those texts only (rows are unit-normalised here); default CAA.
     scorer_fn: for a readout that is not a projection (the readout probe), a function of the
     training mask (N,) bool returning a reader fitted on those texts only, (n, H) -> (n, C) scores;
-    it replaces the vectors (a concept it cannot read scores -inf)."""
+    it replaces the vectors (a concept it cannot read scores -inf).
+    groups (N,): keep each group's texts in one fold (stratified_folds), e.g. the texts of a paired
+    scenario, which share everything but the emotion."""
     a = as_f32(acts)
     lab = torch.as_tensor(labels).detach().to("cpu", torch.long)
     if a.ndim != 2 or lab.shape != (a.shape[0],):
@@ -76,7 +101,7 @@ def held_out_readout(
     n_lab = int((lab >= 0).sum())
     if not 2 <= k_folds <= n_lab:
         raise ValueError(f"k_folds must be in [2, {n_lab}] (number of labelled texts), got {k_folds}")
-    fold = stratified_folds(lab, k_folds, seed)
+    fold = stratified_folds(lab, k_folds, seed, groups)
     # Sums per (fold, label) in one O(N H) pass (labels are exclusive, so no (C, N) product is
     # needed); row k_folds * c + f holds fold f of concept c, the last row the unlabelled texts.
     group = torch.where(lab >= 0, lab * k_folds + fold, c * k_folds)  # (N,)

@@ -203,14 +203,14 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     if layer in data.heads:
         k_heads = top_k_heads(data.heads[layer].shape[1], cfg.top_heads)
         heads = head_decomposition(data.heads[layer], pos, top_k=k_heads)
-    held = held_out_readout(
-        acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed, vector_fn=_method_fn(data, layer, pos)
-    )
+    groups = _groups(data)  # a paired scenario's texts share a fold: no situation is read that was trained on
+    held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed,
+                            vector_fn=_method_fn(data, layer, pos), groups=groups)  # fmt: skip
     held_vectors = None
     if layer in cv.probes:  # what `read` uses: the probe, refitted inside each fold on its training texts
         held_vectors = held
         held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed,
-                                scorer_fn=_probe_fn(data, layer, pos))  # fmt: skip
+                                scorer_fn=_probe_fn(data, layer, pos), groups=groups)  # fmt: skip
     concepts: dict[str, Any] = {}
     for c, name in enumerate(names):
         lowest = []
@@ -301,12 +301,20 @@ def _scenarios(data: RunData) -> torch.Tensor:
     )
 
 
+def _groups(data: RunData) -> torch.Tensor:
+    """(N,) group of each text of the run: its paired scenario, else its first identical text (as
+    extract groups the probe's cross-validation)."""
+    from ..vectors.probe import story_groups
+
+    return story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
+
+
 def _probe_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
     """The held-out readout of a run with a readout probe: within each fold, a probe fitted as
     extract fits it (standardisation, C_reg by grouped CV) on the training texts only."""
-    from ..vectors.probe import fit_readout_probe, story_groups
+    from ..vectors.probe import fit_readout_probe
 
-    groups = story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
+    groups = _groups(data)
     acts, kind = data.resid[layer], data.vectors.probes[layer].kind
     # LDA's temperature only rescales the log-probabilities (no ranking changes): top-k needs no calibration
     return lambda train: fit_readout_probe(acts[train], pos[:, train], groups[train], kind, calibrate=False).log_probs

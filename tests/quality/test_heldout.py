@@ -127,3 +127,28 @@ def test_vector_fn_caa_reproduces_default():
         vector_fn=lambda train: torch.randn(c, h, generator=torch.Generator().manual_seed(0)),
     )
     assert rand.top1_overall < default.top1_overall - 0.3
+
+
+def test_grouped_folds_keep_groups_whole_and_equal_ungrouped_for_singletons():
+    lab = torch.tensor([0, 0, 1, 1, 2, 2, 0, 1, 2, -1, 0, 1, 2, 0, 1, 2, 2, 1])
+    plain = stratified_folds(lab, 3, seed=4)
+    assert torch.equal(stratified_folds(lab, 3, seed=4, groups=torch.arange(len(lab))), plain)
+    groups = torch.tensor([0, 0, 0, 1, 1, 1, 2, 3, 4, 4, 5, 6, 7, 8, 9, 10, 11, 12])  # 0, 1: paired scenarios
+    fold = stratified_folds(lab, 3, seed=4, groups=groups)
+    assert fold[9] == -1 and (fold[lab >= 0] >= 0).all()  # unlabelled: always training
+    for g in groups.unique():
+        f = fold[(groups == g) & (lab >= 0)]
+        assert (f == f[0]).all()  # never split between training and test
+    per_fold = [len(groups[(fold == f)].unique()) for f in range(3)]
+    assert sorted(per_fold) == [4, 4, 5]  # 13 labelled groups dealt round robin
+    with pytest.raises(ValueError, match="groups must be"):
+        stratified_folds(lab, 3, groups=torch.zeros(3))
+
+
+def test_readout_with_groups_uses_their_folds():
+    a, lab = _clusters(c=5, per=8, h=16, spread=0.8, n_unlabelled=4)
+    groups = torch.arange(len(lab)) // 2  # pairs of texts
+    r = held_out_readout(a, lab, k_folds=4, seed=2, groups=groups)
+    assert torch.equal(r.fold, stratified_folds(lab, 4, seed=2, groups=groups))
+    pred, _ = _numpy_readout(a.double().numpy(), lab.numpy(), r.fold.numpy(), 5)
+    assert r.predicted.tolist() == pred.tolist()
