@@ -164,6 +164,7 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
             "ridge_lambda": cfg.ridge_lambda,
             "ridge_fit_intercept": False,
             "k_folds": cfg.k_folds,
+            "fold_groups": "paired scenario",  # held-out folds keep a scenario's texts together
             "seed": cfg.seed,
             "top_heads": cfg.top_heads,
             "thresholds": {

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
@@ -158,3 +159,38 @@ def test_recaptured_centered_run_keeps_its_neutral_activations(tmp_path, tiny_di
     second = json.loads((out / "quality.json").read_text())
     for la in ("1", "3"):
         assert second["layers"][la]["heldout"] == first["layers"][la]["heldout"]
+
+
+def test_heldout_keeps_paired_scenarios_in_one_fold(run):
+    """The report's held-out readout (vectors and probe) equals held_out_readout recomputed here with
+    folds that keep each paired scenario's texts together, grouped from texts.json independently."""
+    from steerkit.quality.heldout import held_out_readout, stratified_folds
+    from steerkit.quality.report import load_run
+    from steerkit.vectors.probe import fit_readout_probe
+
+    res = CliRunner().invoke(main, ["quality-report", str(run), "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    report = json.loads((run / "quality.json").read_text())
+    assert report["settings"]["fold_groups"] == "paired scenario"
+    data = load_run(run)
+    names = data.vectors.concepts
+    labels = torch.tensor([names.index(t["concepts"][0]) if len(t["concepts"]) == 1 else -1 for t in data.texts])
+    pos = torch.tensor([[c in t["concepts"] for t in data.texts] for c in names])
+    scen = [next((s["scenario"] for s in t["sources"] if s.get("scenario")), None) for t in data.texts]
+    groups = torch.tensor([hash(s) if s else i + 10**6 for i, s in enumerate(scen)])
+    assert len({s for s in scen if s}) >= 2  # the fixture has paired scenarios: the grouping matters
+    fold = stratified_folds(labels, 3, seed=0, groups=groups)
+    for s in {s for s in scen if s}:
+        f = {int(fold[i]) for i, x in enumerate(scen) if x == s and labels[i] >= 0}
+        assert len(f) == 1  # a scenario is never split
+    for la in (1, 3):
+        acts = data.resid[la]
+        vec = held_out_readout(acts, labels, len(names), 3, seed=0, groups=groups)
+        probe = held_out_readout(acts, labels, len(names), 3, seed=0, groups=groups,
+                                 scorer_fn=lambda tr, a=acts: fit_readout_probe(a[tr], pos[:, tr], groups[tr],
+                                                                                calibrate=False).log_probs)  # fmt: skip
+        h = report["layers"][str(la)]["heldout"]
+        assert h["reader"] == "probe"
+        assert h["top1"] == pytest.approx(probe.top1_overall, abs=1e-4)
+        assert h["vectors_top1"] == pytest.approx(vec.top1_overall, abs=1e-4)
+        assert h["vectors_top3"] == pytest.approx(vec.top3_overall, abs=1e-4)
