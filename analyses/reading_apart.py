@@ -29,6 +29,7 @@ from steerkit.corpus import load as load_corpus  # noqa: E402
 from steerkit.corpus.text import split_stories  # noqa: E402
 from steerkit.experiments.steer_eval.analysis import ranks  # noqa: E402
 from steerkit.models.zoo import cache_root  # noqa: E402
+from steerkit.steering import token_states  # noqa: E402
 from steerkit.vectors.extract import DEFAULT_POOLING, membership  # noqa: E402
 from steerkit.vectors.methods import METHODS, MethodInputs  # noqa: E402
 from steerkit.vectors.probe import fit_readout_probe, story_groups  # noqa: E402
@@ -38,6 +39,7 @@ READERS = ["probe:lda", "probe:logistic", "caa", "centered"]
 DEFAULT_READER = "probe:lda"  # what `steerkit read` uses on a run extracted with the defaults
 BOOTSTRAP = 2000
 SHORT = {"two sentences": 2, "first sentence": 1}  # story openings read as short texts
+RUNNING_AT = (8, 16, 32, 64)  # tokens read so far, for the running reading (a streamed text)
 SENTENCE_END = re.compile(r"[.!?][\"\u201d\u2019)]?(?=\s|$)")
 
 
@@ -87,6 +89,28 @@ def fit_reader(name: str, x: MethodInputs, groups: torch.Tensor) -> Callable[[to
     return lambda h: (h - centre) @ unit.T  # projections
 
 
+def token_readings(
+    h: torch.Tensor, read: Callable[[torch.Tensor], torch.Tensor], label: int, skip: int, at: tuple[int, ...]
+) -> dict[str, float]:
+    """How one text reads token by token. h (T, H): every token's state at the reader's block; the
+    first `skip` tokens are left out, as the pooling leaves them out. Returns the share of single
+    tokens whose reading has the true concept `label` first (token_top1) / in the top 3 (token_top3),
+    and for each t in `at` (at most the tokens there are) whether the running reading, the reader
+    applied to the mean of the first t states (what pooling the text so far gives), has it first
+    (run{t}_top1) / in the top 3 (run{t}_top3)."""
+    hs = h[skip:] if h.shape[0] > skip else h[-1:]
+    lab = torch.full((hs.shape[0],), label)
+    out = {"token_top1": float(topk_hits(read(hs), lab, 1).double().mean()),
+           "token_top3": float(topk_hits(read(hs), lab, 3).double().mean())}  # fmt: skip
+    running = torch.cumsum(hs.double(), 0) / torch.arange(1, hs.shape[0] + 1, dtype=torch.float64).unsqueeze(1)
+    for t in at:
+        if t <= hs.shape[0]:
+            s = read(running[t - 1 : t].float())
+            out[f"run{t}_top1"] = float(topk_hits(s, lab[:1], 1)[0])
+            out[f"run{t}_top3"] = float(topk_hits(s, lab[:1], 3)[0])
+    return out
+
+
 def first_sentences(text: str, k: int) -> str:
     """The first k sentences of text (ends: . ! ? and a closing quote or bracket, then space or end)."""
     ends = [m.end() for m in SENTENCE_END.finditer(text)]
@@ -119,12 +143,14 @@ def main() -> None:
                      "n_concepts": len(names), "n_story_concepts": len(set(labels_list)), "unknown_concepts": unknown,
                      "n_corpus_texts": n, "layers": layers, "pooling": DEFAULT_POOLING.name, "readers": {}}  # fmt: skip
     scores_at: dict = {}
+    read_at: dict = {}
     for reader in READERS:
         row = {}
         for layer in layers:
             acts = res.resid[layer]
             x = MethodInputs(acts[:n], pos, neg, scenario, acts[n : n + n_neu])
             read = fit_reader(reader, x, groups)
+            read_at[reader, layer] = read
             at = n + n_neu
             s = read(acts[at : at + len(tests)])
             scores_at[reader, layer] = s
@@ -157,6 +183,12 @@ def main() -> None:
     results["per_concept"] = {names[c]: {"n": int((labels == c).sum()), "top1": float(hit1[labels == c].double().mean()),
                                          "top3": float(hit3[labels == c].double().mean())}
                               for c in sorted(set(labels_list))}  # fmt: skip
+    per_story = [token_readings(token_states(lm, t, d["layer"])[1], read_at[DEFAULT_READER, d["layer"]], int(c),
+                                DEFAULT_POOLING.skip, RUNNING_AT) for t, c in zip(tests, labels_list, strict=True)]  # fmt: skip
+    results["tokens"] = {"reader": DEFAULT_READER, "layer": d["layer"], "skip": DEFAULT_POOLING.skip,
+                         **{k: {"mean": round(float(np.mean(v)), 4), "n": len(v)}
+                            for k in dict.fromkeys(k for r in per_story for k in r)
+                            for v in [[r[k] for r in per_story if k in r]]}}  # fmt: skip
     results["confusions"] = [{"concept": names[int(t)], "read_as": names[int(p)], "story": tests[i][:80]}
                              for i, (t, p) in enumerate(zip(labels, pred, strict=True)) if t != p]  # fmt: skip
     results["seconds"] = clock.seconds
@@ -182,6 +214,18 @@ def _figure(results: dict, out: Path) -> None:
             ax.set(title=f"stories apart from the corpus: {k}", xlabel="block")
         ax1.set(ylabel="share of stories")
         ax1.legend()
+
+
+def _tokens_line(tk: dict, d: dict) -> str:
+    """The token-by-token reading of the default reader, as a sentence."""
+    runs = [f"{t} tokens {tk[f'run{t}_top1']['mean']:.0%} / {tk[f'run{t}_top3']['mean']:.0%}"
+            + (f" (n {tk[f'run{t}_top1']['n']})" if tk[f"run{t}_top1"]["n"] != tk["token_top1"]["n"] else "")
+            for t in RUNNING_AT if f"run{t}_top1" in tk]  # fmt: skip
+    return (f"Token by token ({tk['reader']} at block {tk['layer']}, what `read`'s trace and the server's per-token "
+            f"readouts show): a single token's state reads as the story's concept {tk['token_top1']['mean']:.0%} top-1 / "
+            f"{tk['token_top3']['mean']:.0%} top-3 of tokens. The running reading (the reader on the mean of the "
+            f"tokens so far, skipping the first {tk['skip']}) reaches " + ", ".join(runs)
+            + f"; the whole story reads {d['top1']:.0%} / {d['top3']:.0%}.")  # fmt: skip
 
 
 def _report(results: dict) -> str:
@@ -226,6 +270,8 @@ def _report(results: dict) -> str:
         "Every block (top-1 / top-3):",
         "",
         common.table(layer_rows, ["model", "reader", *[str(la) for la in results["layers"]]]),
+        "",
+        _tokens_line(results["tokens"], d),
         "",
         f"Weakest concepts for {DEFAULT_READER} at block {d['layer']} (top-1 / top-3 over their stories): "
         + ", ".join(f"{c} {per[c]['top1']:.0%} / {per[c]['top3']:.0%}" for c in weak) + ".",

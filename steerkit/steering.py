@@ -145,15 +145,10 @@ def steer(
             handle.remove()
 
 
-def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict[str, Any]:
-    """Read each token's hidden state at block `layer` with `vectors.read_scores`: the readout
-    probe's log-probabilities when the readout has one, else projections on the unit vectors.
-
-    Returns tokens (list[str]), scores (n_tokens, n_concepts) and pooled (n_concepts,): the
-    same reading of the hidden states pooled as the readout was made (e.g. mean_after:1)."""
-    from .capture.pooling import parse_pooling, pool
-
-    vectors.check_layer(layer)
+def token_states(lm: Any, text: str, layer: int) -> tuple[list[int], torch.Tensor]:
+    """Every token's hidden state after block `layer` for `text` (one forward, stopped after the block;
+    a text longer than the model's context is cut to it, with a warning). Returns the token ids and
+    h (n_tokens, hidden) float32 on CPU."""
     adapter, model = lm.adapter, lm.model
     enc = lm.tokenizer(text, return_tensors="pt")
     context = model_context(model)
@@ -179,10 +174,22 @@ def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict
                 pass
     finally:
         handle.remove()
-    h = got["h"]  # (t, h)
+    return enc.input_ids[0].tolist(), got["h"]
+
+
+def read_tokens(lm: Any, vectors: ConceptVectors, text: str, layer: int) -> dict[str, Any]:
+    """Read each token's hidden state at block `layer` with `vectors.read_scores`: the readout
+    probe's log-probabilities when the readout has one, else projections on the unit vectors.
+
+    Returns tokens (list[str]), scores (n_tokens, n_concepts) and pooled (n_concepts,): the
+    same reading of the hidden states pooled as the readout was made (e.g. mean_after:1)."""
+    from .capture.pooling import parse_pooling, pool
+
+    vectors.check_layer(layer)
+    ids, h = token_states(lm, text, layer)  # (t, h)
     pooled = pool(h[None], torch.ones(1, h.shape[0]), parse_pooling(vectors.meta.get("pooling", "mean")))[0]
     return {
-        "tokens": [lm.tokenizer.decode([t]) for t in enc.input_ids[0].tolist()],
+        "tokens": [lm.tokenizer.decode([t]) for t in ids],
         "scores": vectors.read_scores(h, layer),
         "pooled": vectors.read_scores(pooled, layer),
     }

@@ -143,3 +143,33 @@ def test_reading_apart_story_openings(monkeypatch):
     assert ra.first_sentences(t, 1) == 'He said "Stop!"'
     assert ra.first_sentences(t, 2) == 'He said "Stop!" She ran.'
     assert ra.first_sentences(t, 3) == t and ra.first_sentences("no end", 1) == "no end"
+
+
+def test_reading_apart_token_readings(monkeypatch):
+    """Single tokens and the running reading against hand computation; and the running reading over a
+    whole text is the pooled reading capture gives (mean_after:1 of a real tiny model)."""
+    import torch
+
+    ra = _analysis("reading_apart", monkeypatch)
+    g = torch.Generator().manual_seed(1)
+    h = torch.randn(12, 5, generator=g)
+    w = torch.randn(4, 5, generator=g)
+    read = lambda x: x @ w.T  # noqa: E731
+    got = ra.token_readings(h, read, label=2, skip=1, at=(1, 4, 11, 40))
+    s = h[1:] @ w.T
+    assert got["token_top1"] == pytest.approx(float((s.argmax(1) == 2).double().mean()))
+    for t in (1, 4, 11):
+        m = read(h[1 : 1 + t].mean(0, keepdim=True))[0]
+        rank = 1 + int((m > m[2]).sum())
+        assert got[f"run{t}_top1"] == float(rank == 1) and got[f"run{t}_top3"] == float(rank <= 3)
+    assert "run40_top1" not in got  # longer than the text: not counted
+
+    import common
+    from steerkit.capture import capture, parse_pooling
+    from steerkit.steering import token_states
+
+    lm = common.tiny_lm()
+    text = "The rain stopped, and she walked home slowly along the river."
+    _, hs = token_states(lm, text, 2)
+    pooled = capture(lm, [text], [2], pooling=parse_pooling("mean_after:1")).resid[2][0]
+    torch.testing.assert_close(hs[1:].mean(0), pooled, rtol=1e-4, atol=1e-5)
