@@ -158,7 +158,12 @@ def _readout(res, n, pos, neg, scenario, labels, names, k, mname, layers, groups
             fn = lambda train, m=METHODS[mname], x=x: m.fn(x.subset(train))[0]  # noqa: E731
         h = held_out_readout(x.a, labels, n_concepts=len(names), k_folds=k, seed=0, vector_fn=fn, scorer_fn=scorer,
                              groups=groups)  # fmt: skip
-        row[str(layer)] = {"top1": round(h.top1_overall, 4), "top3": round(h.top3_overall, 4)}
+        hit = h.predicted == labels  # (N,) top-1 hits; unlabelled texts are never hits and never counted
+        framing = (scenario >= 0) & (labels >= 0)  # the paired framings: one scenario told for several concepts
+        story = (scenario < 0) & (labels >= 0)
+        row[str(layer)] = {"top1": round(h.top1_overall, 4), "top3": round(h.top3_overall, 4),
+                           "top1_paired": round(float(hit[framing].double().mean()), 4) if framing.any() else None,
+                           "top1_unpaired": round(float(hit[story].double().mean()), 4) if story.any() else None}  # fmt: skip
     print(f"{mname:>9} ({n} texts): " + " ".join(f"{la}:{v['top3']:.2f}" for la, v in row.items()), flush=True)
     return row
 
@@ -193,7 +198,7 @@ def _report(results: dict, args: object) -> str:
             rows.append([results["model"], p, m, int(la), v["top1"], v["top3"]])
     for m, r in results["methods"].items():
         la, v = max(r.items(), key=lambda kv: (kv[1]["top3"], kv[1]["top1"]))
-        mrows.append([results["model"], m, int(la), v["top1"], v["top3"]])
+        mrows.append([results["model"], m, int(la), v["top1"], v["top3"], v.get("top1_unpaired"), v.get("top1_paired")])
     chance = f"chance {1 / results['n_concepts']:.1%} / {min(1.0, 3 / results['n_concepts']):.1%}"
     return "\n".join([
         "# pooling_and_layers",
@@ -209,7 +214,8 @@ def _report(results: dict, args: object) -> str:
         "",
         f"Methods, whole corpus ({results['n_texts']} texts), {b['pooling']} pooling, best layer each:",
         "",
-        common.table(mrows, ["model", "method", "best block", "top-1", "top-3"]),
+        common.table(mrows, ["model", "method", "best block", "top-1", "top-3", "top-1 unpaired stories",
+                             "top-1 paired framings"]),
         "",
         f"Poolings, on a subset ({results['n_subset']} texts: {results['per_concept']} unpaired stories per concept and "
         "every paired text, the same texts for each pooling), best layer each:",
