@@ -447,3 +447,22 @@ def test_notebook_read_uses_the_probe(tiny_lm_factory, monkeypatch):
     monkeypatch.setattr(ex, "capture", no_capture)
     with pytest.raises(ValueError, match="probe must be one of lda, logistic"):
         sk.extract_vectors(lm, texts, labels, layers=[2], probe="svm")
+
+
+@pytest.mark.parametrize("kind", ["lda", "logistic"])
+def test_reading_so_far_is_the_log_softmax_of_the_mean_row(kind):
+    """The probe is affine in h before its softmax, so the reading of the mean of T token states equals
+    log_softmax of the mean of their T per-token rows (what the server streams): a client gets the
+    reading of the text so far from the rows alone. Also with a concept the probe never saw (-inf)."""
+    g = torch.Generator().manual_seed(3)
+    a = torch.randn(60, 12, generator=g)
+    pos = torch.zeros(4, 60, dtype=torch.bool)
+    pos[torch.arange(60) % 3, torch.arange(60)] = True  # concept 3 has no texts: bias -inf
+    a[pos[1]] += 1.5
+    probe = fit_readout_probe(a, pos, kind=kind)
+    h = torch.randn(17, 12, generator=g) * 2
+    rows = probe.log_probs(h)  # (T, C)
+    so_far = torch.log_softmax(rows.mean(0), dim=-1)
+    direct = probe.log_probs(h.mean(0))
+    assert torch.isneginf(direct[3]) and torch.isneginf(so_far[3])
+    torch.testing.assert_close(so_far[:3], direct[:3], rtol=1e-4, atol=1e-5)
