@@ -1,6 +1,7 @@
 """The web page in a real browser (Debian's chromium + chromedriver, driven by selenium): load it, type a
-prompt, pick a concept, move its slider, generate, and check that coloured tokens stream in and that a
-hovered token's top-5 scores equal the API's for the same request. In CI (CI=true) a missing browser
+prompt, pick a concept, move its slider, generate, and check that coloured tokens stream in, that a
+hovered token's top-5 scores equal the API's for the same request, and that the continuation's reading
+so far equals the one computed from the API's rows. In CI (CI=true) a missing browser
 fails the test; elsewhere it skips with the reason."""
 
 from __future__ import annotations
@@ -83,6 +84,20 @@ def test_page_streams_coloured_tokens_whose_scores_match_the_api(serve_lm, serve
             assert [c for c, _ in shown] == [c for c, _ in want]
             # float32 rounding of two forwards (streamed beside the plain request vs alone): relative
             assert [v for _, v in shown] == pytest.approx([v for _, v in want], rel=1e-5, abs=1e-5)
+            # the continuation so far, read as one text: log_softmax of the mean row (the probe is affine), from
+            # the API's rows computed here independently (numpy), top 3 as the page shows them
+            import numpy as np
+
+            rows = np.array([t["scores"] for t in api["tokens"]], dtype=np.float64)
+            mean = rows.mean(0)
+            if api["kind"] == "log_prob":
+                fin = mean[np.isfinite(mean)]
+                mean = mean - (fin.max() + np.log(np.exp(fin - fin.max()).sum()))
+            want3 = sorted(zip(api["concepts"], mean.tolist(), strict=True), key=lambda x: -x[1])[:3]
+            got3 = json.loads(driver.find_element(By.ID, "sofar-steered").get_attribute("data-top3"))
+            assert [c for c, _ in got3] == [c for c, _ in want3]
+            assert [v for _, v in got3] == pytest.approx([v for _, v in want3], rel=1e-4, abs=1e-5)
+            assert driver.find_element(By.ID, "sofar-steered").text.startswith("continuation so far reads as: ")
             # colour by a chosen concept
             driver.find_element(By.CSS_SELECTOR, "#colorBy option[value=calm]").click()
             assert driver.find_elements(By.CSS_SELECTOR, "#legend span")
