@@ -165,6 +165,7 @@ def test_reading_apart_token_readings(monkeypatch):
     assert "run40_top1" not in got  # longer than the text: not counted
 
     import common
+
     from steerkit.capture import capture, parse_pooling
     from steerkit.steering import token_states
 
