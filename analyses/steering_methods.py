@@ -76,9 +76,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
                   "probe_kind": rep["source"].get("probe_kind")}  # fmt: skip
         layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
         draws = rep["config"]["random_draws"]
+        tokens = rep["config"].get("max_new_tokens")
     ranking = sorted(methods, key=lambda m: (-per[m]["summary"]["n_steerable"], _median(per[m])))
     results = {"methods": per, "ranking": ranking, "best": ranking[0], "layers": layers, "alphas": alphas,
-               "n_units": n_units, "random_draws": draws, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
+               "n_units": n_units, "random_draws": draws, "max_new_tokens": tokens, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     common.write_results(out, results, _report(results))
@@ -136,7 +137,8 @@ def _report(results: dict) -> str:
         "",
         f"Question: which vector method steers the most concepts? Model {results['model']}; the same reduced steer-eval "
         f"grid for every method: layers {results['layers']}, alphas {results['alphas']}, {results['n_units']} prompt x "
-        f"seed units per arm, {results.get('random_draws', '?')} random directions per layer and alpha (the control); "
+        f"seed units per arm, {results.get('max_new_tokens') or '?'} tokens per continuation, "
+        f"{results.get('random_draws', '?')} random directions per layer and alpha (the control); "
         f"every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
         f"(the same reader whatever the method). Runtime {results['seconds']:.0f} s.",
         "",
