@@ -39,7 +39,7 @@ READERS = ["probe:lda", "probe:logistic", "caa", "centered"]
 DEFAULT_READER = "probe:lda"  # what `steerkit read` uses on a run extracted with the defaults
 BOOTSTRAP = 2000
 SHORT = {"two sentences": 2, "first sentence": 1}  # story openings read as short texts
-RUNNING_AT = (8, 16, 32, 64)  # tokens read so far, for the running reading (a streamed text)
+RUNNING_AT = (8, 16, 24, 32, 40, 64)  # tokens read so far: the running reading (a streamed text; steer-eval lengths)
 SENTENCE_END = re.compile(r"[.!?][\"\u201d\u2019)]?(?=\s|$)")
 
 

@@ -61,7 +61,7 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
     "--greedy", is_flag=True, help="Greedy decoding instead of seeded sampling (one continuation per prompt)."
 )
 @click.option("--temperature", default=1.0, type=POSITIVE_FLOAT, show_default=True, help="Sampling temperature.")
-@click.option("--max-new-tokens", default=40, type=POSITIVE_INT, show_default=True, help="Tokens per continuation.")
+@click.option("--max-new-tokens", default=64, type=POSITIVE_INT, show_default=True, help="Tokens per continuation.")
 @click.option(
     "--random-draws",
     default=32,

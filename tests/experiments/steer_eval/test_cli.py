@@ -156,3 +156,21 @@ def test_check_model_compares_fingerprints_only_for_a_named_model_of_the_same_dt
     wide = ConceptVectors(["a"], [1], {1: torch.ones(1, 64)}, {1: torch.ones(1)}, {"model": {"spec": "x"}})
     with pytest.raises(ReadoutError, match="made with"):
         check_model(wide, lm, explicit=False)
+
+
+def test_cli_defaults_are_the_config_defaults():
+    """The CLI options mirror SteerEvalConfig's fields: every option that names a field has its default
+    (one default per setting, whichever way steer-eval is called)."""
+    import dataclasses
+
+    from steerkit.experiments.steer_eval import SteerEvalConfig
+
+    cmd = main.commands["steer-eval"]
+    fields = {f.name: f.default for f in dataclasses.fields(SteerEvalConfig)}
+    checked = 0
+    for p in cmd.params:
+        flag = getattr(p, "is_flag", False)  # a flag's default is "not given" (False)
+        if p.name in fields and not isinstance(fields[p.name], tuple) and p.name != "layers" and not flag:
+            assert p.default == fields[p.name], p.name
+            checked += 1
+    assert checked >= 10 and fields["max_new_tokens"] == 64
