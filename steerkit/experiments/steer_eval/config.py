@@ -27,7 +27,9 @@ class SteerEvalConfig:
     scale: str = "absolute"
     seeds: int = 2
     seed: int = 0
-    max_new_tokens: int = 64  # the judge reads 64 tokens top-3 for 99% of written stories, 40 for 89% (docs/steer-eval.md)
+    max_new_tokens: int = (
+        64  # the judge reads 64 tokens top-3 for 99% of written stories, 40 for 89% (docs/steer-eval.md)
+    )
     temperature: float = 1.0
     greedy: bool = False
     random_draws: int = 32
