@@ -54,6 +54,9 @@ def stratified_folds(labels: Array, k: int, seed: int = 0, groups: Array | None 
             seen.setdefault(gi, i)  # a group's first labelled text
         first = torch.tensor(list(seen.values()), dtype=torch.long)
         unit = torch.tensor(list(seen), dtype=torch.long)
+    if groups is not None and unit.numel() < k:
+        raise ValueError(f"k_folds must be at most the number of labelled story groups ({unit.numel()}; a paired "
+                         f"scenario is one group), got {k}: use fewer folds")  # fmt: skip
     order = torch.randperm(unit.numel(), generator=torch.Generator().manual_seed(seed))
     order = order[torch.argsort(lab[first[order]], stable=True)]  # grouped by label, shuffled within
     unit_fold = torch.empty(unit.numel(), dtype=torch.long)

@@ -138,9 +138,11 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
                 pos[names.index(c), j] = True
     labels = torch.tensor([names.index(t["concepts"][0]) if len(t["concepts"]) == 1 else -1 for t in data.texts])
     n_lab = int((labels >= 0).sum())
-    if cfg.k_folds > n_lab:
+    n_groups = len(set(_groups(data)[labels >= 0].tolist()))  # folds deal whole groups (a paired scenario is one)
+    if cfg.k_folds > n_groups:
         raise RunDirError(
-            f"--folds {cfg.k_folds} exceeds the run's {n_lab} single-concept texts; use --folds <= {n_lab}"
+            f"--folds {cfg.k_folds} exceeds the run's {n_groups} groups of single-concept texts ({n_lab} texts; "
+            f"a paired scenario's texts are one group); use --folds <= {n_groups}"
         )
     layers: dict[str, Any] = {}
     for layer in cv.layers:

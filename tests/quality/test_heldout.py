@@ -143,6 +143,8 @@ def test_grouped_folds_keep_groups_whole_and_equal_ungrouped_for_singletons():
     assert sorted(per_fold) == [4, 4, 5]  # 13 labelled groups dealt round robin
     with pytest.raises(ValueError, match="groups must be"):
         stratified_folds(lab, 3, groups=torch.zeros(3))
+    with pytest.raises(ValueError, match="at most the number of labelled story groups"):
+        stratified_folds(lab, 3, groups=(torch.arange(len(lab)) >= 9).long())  # two groups, three folds
 
 
 def test_readout_with_groups_uses_their_folds():

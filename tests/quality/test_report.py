@@ -129,6 +129,14 @@ def test_too_many_folds_and_a_foreign_model_are_one_line_errors(run, tmp_path, t
     import shutil
 
     _one_line_error(CliRunner().invoke(main, ["quality-report", str(run), "--folds", "1000"]), "use --folds <=")
+    texts = json.loads((run / "texts.json").read_text())
+    texts = texts["texts"] if isinstance(texts, dict) else texts
+    single = [t for t in texts if len(t["concepts"]) == 1]
+    scen = {next((s["scenario"] for s in t["sources"] if s.get("scenario")), None) for t in single} - {None}
+    n_groups = sum(1 for t in single if not any(s.get("scenario") for s in t["sources"])) + len(scen)
+    assert n_groups < len(single)  # paired scenarios: fewer groups than texts
+    res = CliRunner().invoke(main, ["quality-report", str(run), "--folds", str(n_groups + 1)])
+    _one_line_error(res, f"use --folds <= {n_groups}")  # folds deal whole scenarios
     copy = tmp_path / "copy"
     shutil.copytree(run, copy)
     (copy / "activations.safetensors").unlink()
