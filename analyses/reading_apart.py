@@ -100,8 +100,9 @@ def token_readings(
     (run{t}_top1) / in the top 3 (run{t}_top3)."""
     hs = h[skip:] if h.shape[0] > skip else h[-1:]
     lab = torch.full((hs.shape[0],), label)
-    out = {"token_top1": float(topk_hits(read(hs), lab, 1).double().mean()),
-           "token_top3": float(topk_hits(read(hs), lab, 3).double().mean())}  # fmt: skip
+    s = read(hs)  # (T - skip, C): one reading per token
+    out = {"token_top1": float(topk_hits(s, lab, 1).double().mean()),
+           "token_top3": float(topk_hits(s, lab, 3).double().mean())}  # fmt: skip
     running = torch.cumsum(hs.double(), 0) / torch.arange(1, hs.shape[0] + 1, dtype=torch.float64).unsqueeze(1)
     for t in at:
         if t <= hs.shape[0]:

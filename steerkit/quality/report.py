@@ -138,7 +138,8 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
                 pos[names.index(c), j] = True
     labels = torch.tensor([names.index(t["concepts"][0]) if len(t["concepts"]) == 1 else -1 for t in data.texts])
     n_lab = int((labels >= 0).sum())
-    n_groups = len(set(_groups(data)[labels >= 0].tolist()))  # folds deal whole groups (a paired scenario is one)
+    groups = _groups(data)  # a paired scenario's texts share a fold: no situation is read that was trained on
+    n_groups = len(set(groups[labels >= 0].tolist()))  # folds deal whole groups
     if cfg.k_folds > n_groups:
         raise RunDirError(
             f"--folds {cfg.k_folds} exceeds the run's {n_groups} groups of single-concept texts ({n_lab} texts; "
@@ -146,7 +147,7 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
         )
     layers: dict[str, Any] = {}
     for layer in cv.layers:
-        layers[str(layer)] = _layer_report(data, layer, pos, labels, cfg)
+        layers[str(layer)] = _layer_report(data, layer, pos, labels, groups, cfg)
     best = max(cv.layers, key=lambda la: (layers[str(la)]["heldout"]["top1"] or 0.0, -la))
     geometry = _geometry(data, best)
     report = {
@@ -187,7 +188,9 @@ def build_report(data: RunData, cfg: QualityConfig = QualityConfig()) -> dict[st
     return report
 
 
-def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Tensor, cfg: QualityConfig) -> dict:
+def _layer_report(
+    data: RunData, layer: int, pos: torch.Tensor, labels: torch.Tensor, groups: torch.Tensor, cfg: QualityConfig
+) -> dict:
     cv, names = data.vectors, data.vectors.concepts
     acts = data.resid[layer]  # (N, H)
     directions = cv.vectors[layer]  # (C, H) unit rows of the run's method
@@ -206,14 +209,13 @@ def _layer_report(data: RunData, layer: int, pos: torch.Tensor, labels: torch.Te
     if layer in data.heads:
         k_heads = top_k_heads(data.heads[layer].shape[1], cfg.top_heads)
         heads = head_decomposition(data.heads[layer], pos, top_k=k_heads)
-    groups = _groups(data)  # a paired scenario's texts share a fold: no situation is read that was trained on
     held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed,
                             vector_fn=_method_fn(data, layer, pos), groups=groups)  # fmt: skip
     held_vectors = None
     if layer in cv.probes:  # what `read` uses: the probe, refitted inside each fold on its training texts
         held_vectors = held
         held = held_out_readout(acts, labels, n_concepts=len(names), k_folds=cfg.k_folds, seed=cfg.seed,
-                                scorer_fn=_probe_fn(data, layer, pos), groups=groups)  # fmt: skip
+                                scorer_fn=_probe_fn(data, layer, pos, groups), groups=groups)  # fmt: skip
     concepts: dict[str, Any] = {}
     for c, name in enumerate(names):
         lowest = []
@@ -312,12 +314,11 @@ def _groups(data: RunData) -> torch.Tensor:
     return story_groups([t["sha256"] or str(i) for i, t in enumerate(data.texts)], _scenarios(data))
 
 
-def _probe_fn(data: RunData, layer: int, pos: torch.Tensor) -> Any:
+def _probe_fn(data: RunData, layer: int, pos: torch.Tensor, groups: torch.Tensor) -> Any:
     """The held-out readout of a run with a readout probe: within each fold, a probe fitted as
     extract fits it (standardisation, C_reg by grouped CV) on the training texts only."""
     from ..vectors.probe import fit_readout_probe
 
-    groups = _groups(data)
     acts, kind = data.resid[layer], data.vectors.probes[layer].kind
     # LDA's temperature only rescales the log-probabilities (no ranking changes): top-k needs no calibration
     return lambda train: fit_readout_probe(acts[train], pos[:, train], groups[train], kind, calibrate=False).log_probs
