@@ -156,7 +156,9 @@ def steer_eval_cmd(
         return
     s = rep["summary"]
     console().print(
-        f"steerable: {s['n_steerable']} of {s['n_concepts']} concepts ({s['share_steerable']:.0%}); random control "
+        f"steerable: {s['n_steerable']} of {s['n_concepts']} concepts ({s['share_steerable']:.0%})"
+        + (f", {s['n_held_out']} held on held-out prompts" if s.get("n_held_out") is not None else "")
+        + f"; random control "
         f"success {s['random_success']:.1%}; {rep['stats']['rows']} rows in {rep['stats']['seconds']:.0f} s"
     )
     click.echo(f"report: {out_dir}/steer_eval.md")

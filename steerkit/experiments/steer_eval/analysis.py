@@ -114,6 +114,54 @@ def operating_points(
     return out
 
 
+def held_out_points(
+    cells: list[dict[str, Any]],
+    units: dict[tuple[str, int, float], tuple[np.ndarray, np.ndarray]],
+    folds: np.ndarray,
+    concepts: list[str],
+    max_nll: float,
+    min_success: float,
+) -> dict[str, dict[str, Any]]:
+    """The operating points' success on prompts that did not choose them (cross-fitting against the
+    winner's curse: the best of many cells, judged on the units that made it best, is biased upward).
+
+    cells: the grid's cells (their claims, from all units, are kept); units[(concept, layer, alpha)] =
+    (success (n,) bool, NLL increase (n,) with NaN where a continuation is empty) per unit; folds (n,)
+    ints, the unit's fold (steer-eval: its prompt's parity, so seeds of one prompt share a fold).
+    For each fold f, `operating_points` chooses each concept's cell from the units outside f, and
+    the chosen cell is measured on f; a fold where no cell qualifies counts success 0 (nothing to
+    steer with). Per concept: success and NLL increase averaged over the folds, and `held` = the
+    averaged success >= min_success and NLL increase <= max_nll with a cell chosen in every fold."""
+    out: dict[str, dict[str, Any]] = {}
+    fold_ids = sorted(set(np.asarray(folds).tolist()))
+    per: dict[str, list[tuple[float, float] | None]] = {n: [] for n in concepts}
+    for f in fold_ids:
+        test = np.asarray(folds) == f
+        half = []
+        for c in cells:
+            ok, dnll = units[(c["concept"], c["layer"], c["alpha"])]
+            d = dnll[~test][np.isfinite(dnll[~test])]
+            half.append(
+                c | {"success": float(ok[~test].mean()), "nll_increase": float(d.mean()) if len(d) else math.nan}
+            )
+        chosen = operating_points(half, concepts, max_nll, min_success)
+        for n in concepts:
+            op = chosen[n]
+            if op is None:
+                per[n].append(None)
+                continue
+            ok, dnll = units[(n, op["layer"], op["alpha"])]
+            d = dnll[test][np.isfinite(dnll[test])]
+            per[n].append((float(ok[test].mean()), float(d.mean()) if len(d) else math.nan))
+    for n in concepts:
+        got = [x for x in per[n] if x is not None]
+        success = sum(x[0] for x in got) / len(fold_ids) if fold_ids else 0.0
+        nll = float(np.nanmean([x[1] for x in got])) if got and any(np.isfinite(x[1]) for x in got) else math.nan
+        held = len(got) == len(fold_ids) > 0 and success >= min_success and np.isfinite(nll) and nll <= max_nll
+        out[n] = {"success": success, "nll_increase": nll, "folds_chosen": len(got), "held": bool(held)}
+    return out
+
+
 def best_cell(cells: list[dict[str, Any]], name: str, max_nll: float) -> dict[str, Any] | None:
     """The highest success rate under the NLL cap, claimed or not (for concepts without an operating point)."""
     ok = [c for c in cells if c["concept"] == name and np.isfinite(c["nll_increase"]) and c["nll_increase"] <= max_nll]

@@ -43,6 +43,9 @@ def analyze(grid: Any, cfg: Any, cv: Any, concepts: list[str], layers: list[int]
         inside = [c["random_success"] for c in cells if c["layer"] == rc["layer"] and c["alpha"] == rc["alpha"]]
         rc["success"] = float(np.mean(inside)) if inside else math.nan
     summary = S.summarize(cells, ops, rand_cells, cfg.max_nll_increase)
+    held = _held_out(grid, data, base, cells, cv, concepts, cfg)
+    if held is not None:
+        summary["n_held_out"] = sum(ops[n] is not None and held[n]["held"] for n in concepts)
     base_success = {n: float(np.mean(S.ranks(base.scores, cv.index(n)) <= cfg.top)) for n in concepts}
     off_rows = {}
     for n in concepts:
@@ -76,11 +79,27 @@ def analyze(grid: Any, cfg: Any, cv: Any, concepts: list[str], layers: list[int]
         "cells": [_clean(c) for c in cells],
         "random": [_clean(r) for r in rand_cells],
         "operating_points": {n: None if op is None else _op(op, cfg.scale) for n, op in ops.items()},
+        "held_out": held,
         "off_target": off_rows,
         "summary": _clean(summary),
         "examples": examples,
         "stats": grid.stats,
     }
+
+
+def _held_out(grid: Any, data: dict[int, S.Arm], base: S.Arm, cells: list[dict[str, Any]], cv: Any,
+              concepts: list[str], cfg: Any) -> dict[str, dict[str, Any]] | None:  # fmt: skip
+    """`analysis.held_out_points` with the prompts split by parity (a prompt's seeds share a fold);
+    None with a single prompt."""
+    folds = np.array([p % 2 for p, _ in grid.units])
+    if len(set(folds.tolist())) < 2:
+        return None
+    units = {}
+    for a in grid.arms:
+        if a.kind == "concept":
+            arm = data[id(a)]
+            units[(a.name, a.layer, a.alpha)] = (S.ranks(arm.scores, cv.index(a.name)) <= cfg.top, arm.nll - base.nll)
+    return S.held_out_points(cells, units, folds, concepts, cfg.max_nll_increase, cfg.min_success)
 
 
 def _op(cell: dict[str, Any], scale: str) -> dict[str, Any]:
@@ -130,22 +149,35 @@ def render_markdown(rep: dict[str, Any]) -> str:
         f"{_f(s['random_success'], '.1%')} of its generations over the grid "
         f"({_f(s['random_success_at_operating_points'], '.1%')} at the operating points); its NLL increase "
         f"averages {_f(s['random_nll_increase'])} nat/token",
+        *(
+            [
+                f"- held out (each operating point chosen on half the prompts, measured on the other half, "
+                f"both ways; docs/steer-eval.md): **{s['n_held_out']} of {s['n_steerable']}** steerable concepts keep "
+                f"success >= {cfg['min_success']:.0%} and the NLL budget"
+            ]
+            if s.get("n_held_out") is not None
+            else []
+        ),
         f"- claims: {s['n_claims']} of {s['n_cells']} cells (Holm over the grid, level {cfg['significance']})",
         f"- unsteered baseline: NLL {_f(rep['baseline']['nll'])} nat/token, distinct-2 "
         f"{_f(rep['baseline']['distinct2'])}, repeated 3-grams {_f(rep['baseline']['rep3'])}",
         "",
         "## Operating points",
         "",
-        "| concept | layer | alpha | success | base success | NLL increase | gain | off-target | random success | p (Holm) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| concept | layer | alpha | success | held-out success | base success | NLL increase | gain | off-target "
+        "| random success | p (Holm) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    held = rep.get("held_out") or {}
     for n in rep["concepts"]:
         op, bs = rep["operating_points"][n], rep["baseline"]["success"][n]
+        h = held.get(n)
+        hs = "—" if h is None else f"{h['success']:.0%}" + ("" if h["held"] else " (not held)")
         if op is None:
-            lines.append(f"| {n} | — | — | — | {bs:.0%} | — | — | — | — | no operating point |")
+            lines.append(f"| {n} | — | — | — | {hs} | {bs:.0%} | — | — | — | — | no operating point |")
         else:
             lines.append(
-                f"| {n} | {op['layer']} | {op['alpha']:g} | {op['success']:.0%} | {bs:.0%} | "
+                f"| {n} | {op['layer']} | {op['alpha']:g} | {op['success']:.0%} | {hs} | {bs:.0%} | "
                 f"{_f(op['nll_increase'])} | {_f(op['gain'])} | {_f(op['off_target'])} | "
                 f"{_f(op['random_success'], '.0%')} | {_f(op['p_holm'], '.2g')} |"
             )

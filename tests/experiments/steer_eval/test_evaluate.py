@@ -12,7 +12,7 @@ from experiments.helpers import word_prompts
 from steerkit import stats
 from steerkit.experiments.prompts import arm_seed
 from steerkit.experiments.steer_eval import SteerEvalConfig, evaluate
-from steerkit.experiments.steer_eval.analysis import Arm, cell, ranks
+from steerkit.experiments.steer_eval.analysis import Arm, cell, held_out_points, operating_points, ranks
 from steerkit.experiments.steer_eval.generate import continuation_nll, reread
 from steerkit.generation import GenSpec, RowSteer, generate_chunk, trim
 from steerkit.steering import steer
@@ -113,6 +113,39 @@ def test_ranks_count_ties_against_the_concept():
     assert ranks(s, 0).tolist() == [3, 2, 3]
 
 
+def _cell(concept: str, alpha: float, ok: list[int], dnll: list[float], claim: bool = True):
+    o, d = np.array(ok, bool), np.array(dnll, float)
+    return {"concept": concept, "layer": 5, "alpha": alpha, "claim": claim, "success": float(o.mean()),
+            "nll_increase": float(np.nanmean(d))}, ((concept, 5, alpha), (o, d))  # fmt: skip
+
+
+def test_held_out_points_choose_on_one_fold_and_measure_on_the_other():
+    """Hand-computed cross-fitting. 'lucky' wins at alpha 4 (62.5%) through fold 0 (all successes
+    there, one in fold 1); chosen on fold 0 it scores 25% on fold 1, and chosen on fold 1 the alpha-2
+    cell (50% everywhere) scores 50% on fold 0: 37.5% held out, not held.
+    'steady' succeeds 75% in both folds at alpha 2: 75% held out. 'costly' wins only over the NLL
+    budget in fold 1, so fold 0 has no cell to measure: success 0.5 x (1 + 0) / 2 folds, not held."""
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    specs = [
+        _cell("lucky", 4.0, [1, 1, 1, 1, 1, 0, 0, 0], [0.1] * 8),
+        _cell("lucky", 2.0, [1, 0, 1, 0, 1, 0, 1, 0], [0.1] * 8),
+        _cell("steady", 2.0, [1, 1, 1, 0, 1, 1, 0, 1], [0.2, 0.2, 0.2, np.nan, 0.4, 0.4, 0.4, 0.4]),
+        _cell("steady", 8.0, [1, 1, 1, 1, 1, 1, 1, 1], [5.0] * 8),  # over the budget everywhere
+        _cell("costly", 4.0, [1, 1, 1, 1, 1, 1, 1, 1], [0.5, 0.5, 0.5, 0.5, 3.0, 3.0, 3.0, 3.0]),
+        _cell("unclaimed", 4.0, [1] * 8, [0.0] * 8, claim=False),
+    ]
+    cells, units = [c for c, _ in specs], dict(u for _, u in specs)
+    names = ["lucky", "steady", "costly", "unclaimed"]
+    full = operating_points(cells, names, 1.0, 0.5)
+    assert full["lucky"]["alpha"] == 4.0 and full["lucky"]["success"] == 0.625
+    h = held_out_points(cells, units, folds, names, max_nll=1.0, min_success=0.5)
+    assert h["lucky"] == {"success": 0.375, "nll_increase": pytest.approx(0.1), "folds_chosen": 2, "held": False}
+    assert h["steady"]["success"] == 0.75 and h["steady"]["held"]
+    assert h["steady"]["nll_increase"] == pytest.approx((0.2 + 0.4) / 2)  # fold 0's empty row left out
+    assert h["costly"] == {"success": 0.5, "nll_increase": pytest.approx(3.0), "folds_chosen": 1, "held": False}
+    assert h["unclaimed"]["folds_chosen"] == 0 and not h["unclaimed"]["held"]
+
+
 # ---- the planted marker ----------------------------------------------------------------------------
 MARKER = " the"
 
@@ -162,6 +195,8 @@ def test_planted_marker_direction_is_detected(peaked, tmp_path, monkeypatch):
     op = rep["operating_points"]["marker"]
     assert op is not None and op["layer"] == 3 and op["alpha"] == 20.0
     assert rep["operating_points"]["dud"] is None
+    assert rep["held_out"]["marker"]["held"] and rep["held_out"]["marker"]["success"] >= 0.9
+    assert rep["summary"]["n_held_out"] == 1 and "held-out success" in (out / "steer_eval.md").read_text()
     assert all(MARKER.strip() in t for t in [rep["examples"]["marker"]])
     for f in ("steer_eval.json", "steer_eval.md", *rep["figures"]):
         assert (out / f).is_file(), f
