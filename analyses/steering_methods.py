@@ -73,7 +73,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
         rep = json.loads((work / f"eval-{m}" / "steer_eval.json").read_text())
         per[m] = {"summary": rep["summary"], "operating_points": rep["operating_points"],
                   "reader": rep["source"].get("reader"), "readout_layer": rep["source"].get("readout_layer"),
-                  "probe_kind": rep["source"].get("probe_kind")}  # fmt: skip
+                  "probe_kind": rep["source"].get("probe_kind"), "held_out": rep.get("held_out")}  # fmt: skip
         layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
         draws = rep["config"]["random_draws"]
         tokens = rep["config"].get("max_new_tokens")
@@ -115,6 +115,7 @@ def _report(results: dict) -> str:
     rule = "|---" * (len(methods) + 1) + "|"
     rows = []
     for label, key, fmt in [("steerable concepts", "n_steerable", str), ("share", "share_steerable", _pct),
+                            ("of them held on held-out prompts", "n_held_out", lambda x: "—" if x is None else str(x)),
                             ("median NLL increase at the operating points", "median_nll_increase",
                              lambda x: "—" if x is None else f"{x:.2f}"),
                             ("median success at the operating points", "median_success", _pct),
@@ -125,7 +126,9 @@ def _report(results: dict) -> str:
         cells = []
         for m in methods:
             op = per[m]["operating_points"].get(c)
-            cells.append("—" if not op else f"{op['success']:.0%} (L{op['layer']}, a={op['alpha']:g})")
+            held = (per[m].get("held_out") or {}).get(c)
+            kept = "" if held is None else f"; held out {held['success']:.0%}" + ("" if held["held"] else ", not held")
+            cells.append("—" if not op else f"{op['success']:.0%} (L{op['layer']}, a={op['alpha']:g}{kept})")
         table.append(f"| {c} | " + " | ".join(cells) + " |")
     best = results["best"]
     s = per[best]["summary"]
@@ -149,7 +152,8 @@ def _report(results: dict) -> str:
         rule,
         *rows,
         "",
-        "Operating point per concept (success, layer, alpha):",
+        "Operating point per concept (success, layer, alpha; held out: chosen on half the prompts, measured on the "
+        "other half, both ways, docs/steer-eval.md):",
         "",
         *table,
     ]) + "\n"  # fmt: skip
