@@ -31,9 +31,9 @@ from .capture.forward import StopForward, model_context
 from .models.adapters import Adapter, adapter_for
 from .vectors.readout import ConceptVectors
 
-Scale = Literal["absolute", "relative"]
+Scale = Literal["absolute", "equal", "relative"]
 Mode = Literal["add", "project_out", "ablate_then_add"]
-SCALES: tuple[Scale, ...] = ("absolute", "relative")
+SCALES: tuple[Scale, ...] = ("absolute", "equal", "relative")  # how alpha x v_c is built: steering_direction
 MODES: tuple[Mode, ...] = ("add", "project_out", "ablate_then_add")
 
 
@@ -59,14 +59,26 @@ def resolve_weights(vectors: ConceptVectors, weights: Mapping[str, float] | floa
     return out
 
 
+def equal_norm(vectors: ConceptVectors, layer: int) -> float:
+    """The equal scale's unit at `layer`: the median norm of the set's raw diff-of-means vectors, in
+    residual-stream units."""
+    n = vectors.norms[vectors.check_layer(layer)].double().sort().values
+    k = len(n)
+    return float(n[k // 2]) if k % 2 else float((n[k // 2 - 1] + n[k // 2]) / 2)
+
+
 def steering_direction(vectors: ConceptVectors, weights: Mapping[str, float], layer: int, scale: Scale) -> torch.Tensor:
-    """(hidden,) sum_c alpha_c * v_c, with v_c raw (absolute) or unit (relative)."""
+    """(hidden,) sum_c alpha_c * v_c, with v_c the raw diff-of-means (absolute: each concept at its own
+    norm), the unit vector times `equal_norm` (equal: every concept pushed as hard, as hard as steer-eval's
+    random directions), or the unit vector (relative: edit_hidden multiplies by the local norm)."""
     if scale not in SCALES:
         raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
     vectors.check_layer(layer)
+    unit = equal_norm(vectors, layer) if scale == "equal" else None
     total = torch.zeros(vectors.hidden_size)
     for concept, alpha in weights.items():
-        total += float(alpha) * vectors.vector(concept, layer, raw=scale == "absolute")
+        v = vectors.vector(concept, layer, raw=scale == "absolute")
+        total += float(alpha) * (v if unit is None else v * unit)
     return total
 
 

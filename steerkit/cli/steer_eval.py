@@ -46,8 +46,9 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 @click.option("--layers", default="auto", show_default=True,
               help="Blocks to steer (run layers): 10,15,20 or auto (the run layers nearest 1/3, 1/2, 2/3 of depth).")  # fmt: skip
 @click.option("--alphas", default="0,2,4,8", show_default=True, help="Strengths; 0 (unsteered) is always run.")
-@click.option("--scale", type=click.Choice(["absolute", "relative"]), default="absolute", show_default=True,
-              help="absolute: alpha x raw diff-of-means; relative: alpha x local hidden norm x unit vector.")  # fmt: skip
+@click.option("--scale", type=click.Choice(["absolute", "equal", "relative"]), default="absolute", show_default=True,
+              help="absolute: alpha x raw diff-of-means; equal: alpha x the set's median vector norm x unit vector "
+                   "(every concept and the random control pushed as hard); relative: alpha x local hidden norm x unit vector.")  # fmt: skip
 @click.option("--prompts", default=None, type=click.Path(),
               help="Prompts (.jsonl {prompt} or one per line). Default: corpora/prompts/neutral_openings.jsonl.")  # fmt: skip
 @click.option(

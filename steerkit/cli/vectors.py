@@ -157,10 +157,11 @@ def _parse_weights(pairs: tuple[str, ...]) -> dict[str, float]:
 @click.option("--max-new-tokens", default=60, type=POSITIVE_INT, show_default=True)
 @click.option(
     "--scale",
-    type=click.Choice(["absolute", "relative"]),
+    type=click.Choice(["absolute", "equal", "relative"]),
     default="absolute",
     show_default=True,
-    help="absolute: alpha x raw diff-of-means; relative: alpha x local hidden norm x unit vector.",
+    help="absolute: alpha x raw diff-of-means; equal: alpha x the set's median vector norm x unit vector "
+    "(every concept pushed as hard); relative: alpha x local hidden norm x unit vector.",
 )
 @click.option("--compare", is_flag=True, help="Also show the unsteered text (same seed).")
 @click.option("--sample/--greedy", default=False, help="Sample (seeded) instead of greedy decoding.")

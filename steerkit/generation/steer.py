@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from ..steering import edit_hidden
+from ..steering import SCALES, edit_hidden
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,13 @@ class RowEdit:
     orthonormal rows spanning the concepts} (project_out / ablate_then_add only)."""
 
     directions: dict[int, torch.Tensor]
-    scale: str = "absolute"  # absolute | relative
+    scale: str = "absolute"  # steering.SCALES: relative multiplies by the local norm; the others add as built
     mode: str = "add"  # add | project_out | ablate_then_add
     bases: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.scale not in ("absolute", "relative"):
-            raise ValueError(f"scale must be 'absolute' or 'relative', got {self.scale!r}")
+        if self.scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {self.scale!r}")
         if self.mode not in ("add", "project_out", "ablate_then_add"):
             raise ValueError(f"mode must be add, project_out or ablate_then_add, got {self.mode!r}")
 
@@ -64,8 +64,8 @@ class RowSteer:
     @classmethod
     def add(cls, lm: Any, layer: int, delta: torch.Tensor, scale: str) -> RowSteer:
         """Row r gets delta[r] (rows, hidden) added at one block (steer-eval's arms)."""
-        if scale not in ("absolute", "relative"):
-            raise ValueError(f"scale must be 'absolute' or 'relative', got {scale!r}")
+        if scale not in SCALES:
+            raise ValueError(f"scale must be one of {', '.join(SCALES)}, got {scale!r}")
         return cls(lm, [RowEdit({layer: d}, scale) for d in delta.float()])
 
     @property

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ..steering import MODES, SCALES
 from .context import ServeContext
 
 
@@ -95,10 +96,6 @@ def check_layer(ctx: ServeContext, layer: Any, param: str) -> int:
     if layer not in ctx.vectors.layers:
         raise bad(f"layer {layer} is not in the run; it has layers {list(ctx.vectors.layers)}", param, "unknown_layer")
     return int(layer)
-
-
-MODES = ("add", "project_out", "ablate_then_add")
-SCALES = ("absolute", "relative")
 
 
 @dataclass(frozen=True)

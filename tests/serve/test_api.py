@@ -84,11 +84,12 @@ def test_greedy_unsteered_equals_generate(server, serve_lm):
 
 
 def test_steered_equals_steer_cli(server, serve_run, serve_model_dir):
-    for concepts, layers in [({"calm": 8.0}, [1]), ({"sad": -6.0, "happy": 3.0}, [1, 3])]:
+    for concepts, layers, scale in [({"calm": 8.0}, [1], "absolute"), ({"sad": -6.0, "happy": 3.0}, [1, 3], "absolute"),
+                                    ({"sad": -3.0, "happy": 2.0}, [1, 3], "equal")]:  # fmt: skip
         got = complete(server, prompt="The meeting began", max_tokens=15,
-                       steer={"concepts": concepts, "layers": layers})["text"]  # fmt: skip
+                       steer={"concepts": concepts, "layers": layers, "scale": scale})["text"]  # fmt: skip
         args = ["steer", "--vectors", str(serve_run), "--prompt", "The meeting began", "--max-new-tokens", "15",
-                "--layers", ",".join(map(str, layers))]  # fmt: skip
+                "--layers", ",".join(map(str, layers)), "--scale", scale]  # fmt: skip
         for k, v in concepts.items():
             args += ["--concept", f"{k}={v}"]
         res = CliRunner().invoke(main, args)

@@ -100,7 +100,7 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
             zero = lm.model(ids).logits
     assert torch.equal(base, zero)
     block = lm.adapter.blocks(lm.model)[1]
-    for scale in ("absolute", "relative"):
+    for scale in ("absolute", "equal", "relative"):
         outs = {}
         h = block.register_forward_hook(
             lambda m, i, o, outs=outs: outs.__setitem__("last", lm.adapter.get_hidden(o).clone())
@@ -123,6 +123,8 @@ def test_alpha_zero_is_identity_and_delta_is_exact(run_dir, tiny_dir):
             finally:
                 h.remove()
         v = 2.0 * cv.vector("calm", 1, raw=scale == "absolute") - cv.vector("angry", 1, raw=scale == "absolute")
+        if scale == "equal":  # every concept at the set's median raw norm (an independent computation)
+            v = v * float(np.median(cv.norms[1].double().numpy()[: len(cv.concepts)]))
         want = plain + (plain.norm(dim=-1, keepdim=True) * v if scale == "relative" else v)
         torch.testing.assert_close(seen["o"], want, atol=1e-5, rtol=1e-5)
     assert not block._forward_hooks  # removed

@@ -7,6 +7,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+SCALE_NAMES = (
+    "absolute",
+    "equal",
+    "relative",
+)  # steering.SCALES (this module stays free of torch; a test keeps them equal)
+
 
 @dataclass(frozen=True)
 class SteerEvalConfig:
@@ -14,8 +20,9 @@ class SteerEvalConfig:
 
     concepts: names (empty: all). layers: 'auto' (the run layers nearest 1/3, 1/2 and 2/3 of the
     depth) or a block spec (`parse_layers`) of run layers. alphas: strengths (0 is the unsteered
-    baseline, always run). scale: absolute (alpha x raw diff-of-means) or relative (alpha x local
-    hidden norm x unit vector). seeds: sampled continuations per prompt (1 when greedy).
+    baseline, always run). scale: absolute (alpha x raw diff-of-means), equal (alpha x the set's median
+    vector norm x unit vector: every concept and the random control pushed as hard) or relative (alpha x
+    local hidden norm x unit vector); `steering.SCALES`. seeds: sampled continuations per prompt (1 when greedy).
     random_draws: random directions per layer (each at every alpha). max_nll_increase: the
     operating point's fluency budget (nats/token). min_success: the least success rate an operating
     point must reach. top: success = the steered concept among the top `top`. significance: Holm level.
@@ -47,8 +54,8 @@ class SteerEvalConfig:
             raise ValueError(f"alphas must be finite numbers, got {bad}")
         if not any(a != 0 for a in self.alphas):
             raise ValueError("give at least one alpha other than 0 (0 is the unsteered baseline)")
-        if self.scale not in ("absolute", "relative"):
-            raise ValueError(f"scale must be one of absolute, relative, got {self.scale!r}")
+        if self.scale not in SCALE_NAMES:
+            raise ValueError(f"scale must be one of {', '.join(SCALE_NAMES)}, got {self.scale!r}")
         for name in ("seeds", "max_new_tokens", "top", "batch_rows"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name.replace('_', '-')} must be at least 1, got {getattr(self, name)}")

@@ -2,8 +2,8 @@
 row cache, and the loop that generates, scores and caches every row in chunks of whole arms (one
 left-padded generate(), one NLL pass and one capture call per chunk).
 
-Rows are cached by (model fingerprint, readout, layer, scale, direction hash, prompt, seed,
-decoding, max_new_tokens), so an interrupted run resumes where it stopped and a rerun with a larger
+Rows are cached by (model fingerprint, readout, layer, how the delta is added (relative or not),
+direction hash, prompt, seed, decoding, max_new_tokens), so an interrupted run resumes where it stopped and a rerun with a larger
 grid computes only the new rows.
 """
 
@@ -60,9 +60,15 @@ class ArmSpec:
 
 def random_directions(cv: Any, concepts: list[str], layer: int, draws: int, seed: int, scale: str) -> torch.Tensor:
     """(draws, hidden) random directions at `layer`: standard normal, normalised, times the median norm
-    of the evaluated concepts' raw vectors there (absolute) or 1 (relative). Draw k depends only on
-    (seed, layer, k)."""
-    norm = float(np.median([float(cv.norms[layer][cv.index(c)]) for c in concepts])) if scale == "absolute" else 1.0
+    of the evaluated concepts' raw vectors there (absolute), the equal scale's unit (`equal_norm`, the
+    norm every concept is steered with: the control is then exactly as strong as each concept), or 1
+    (relative). Draw k depends only on (seed, layer, k)."""
+    from ...steering import equal_norm
+
+    if scale == "absolute":
+        norm = float(np.median([float(cv.norms[layer][cv.index(c)]) for c in concepts]))
+    else:
+        norm = equal_norm(cv, layer) if scale == "equal" else 1.0
     out = []
     for k in range(draws):
         g = torch.Generator().manual_seed(arm_seed(seed, layer, RANDOM_TAG, k))
@@ -174,12 +180,13 @@ def run_grid(
     fp, rk = lm.info.get("fingerprint"), readout_key(cv, readout_layer)
     decoding = ("greedy" if cfg.greedy else f"sample@{cfg.temperature}") + ("" if engine == "hf" else f"@{engine}")
     keys: list[str] = []
+    applied = "relative" if cfg.scale == "relative" else "absolute"  # how a delta is added: equal's add as built
     for arm in arms:
         dsha = _sha(arm.delta.float().numpy().tobytes())
         layer = arm.layer if bool(arm.delta.any()) else -1  # a zero direction is the baseline wherever it is
         for u, (p, _) in enumerate(units):
             arm.rows.append(len(keys))
-            keys.append(_sha(fp, rk, layer, cfg.scale, dsha, prompts[p], seeds[u], decoding, cfg.max_new_tokens))
+            keys.append(_sha(fp, rk, layer, applied, dsha, prompts[p], seeds[u], decoding, cfg.max_new_tokens))
     results: list[dict[str, Any] | None] = [cache.rows.get(k) for k in keys]
     sharded = distributed and dist.active()
     if sharded:  # every rank plans the same work: the rows missing on any rank's cache

@@ -174,3 +174,56 @@ def test_cli_defaults_are_the_config_defaults():
             assert p.default == fields[p.name], p.name
             checked += 1
     assert checked >= 10 and fields["max_new_tokens"] == 64
+
+
+def test_every_scale_is_offered_wherever_a_scale_is_chosen():
+    """One list of scales (`steering.SCALES`): the steer and steer-eval options, steer-eval's config and
+    the generation room accept exactly these; a name outside it is refused."""
+    from steerkit.experiments.steer_eval.config import SCALE_NAMES, SteerEvalConfig
+    from steerkit.generation import RowEdit
+    from steerkit.steering import SCALES
+
+    assert SCALE_NAMES == SCALES
+    for name in ("steer", "steer-eval"):
+        opt = next(p for p in main.commands[name].params if p.name == "scale")
+        assert tuple(opt.type.choices) == SCALES, name
+    for s in SCALES:
+        SteerEvalConfig(scale=s)
+        RowEdit({}, s)
+    with pytest.raises(ValueError, match="scale"):
+        SteerEvalConfig(scale="unit")
+    with pytest.raises(ValueError, match="scale"):
+        RowEdit({}, "unit")
+
+
+def test_equal_scale_steers_every_concept_as_hard_as_the_random_control():
+    """scale 'equal': each concept's delta has norm alpha x the set's median raw norm, and so has every
+    random direction of the control (absolute: the random norm is the median of the steered concepts'
+    norms, each concept at its own)."""
+    import numpy as np
+    import torch
+
+    from steerkit.experiments.steer_eval import SteerEvalConfig
+    from steerkit.experiments.steer_eval.grid import plan_arms
+    from steerkit.vectors import ConceptVectors
+
+    g = torch.Generator().manual_seed(0)
+    norms = torch.tensor([1.0, 2.0, 5.0, 11.0])
+    cv = ConceptVectors(["a", "b", "c", "d"], [1], {1: torch.nn.functional.normalize(torch.randn(4, 32, generator=g))},
+                        {1: norms}, {})  # fmt: skip
+    median = float(np.median(norms.numpy()))  # 3.5
+    for scale, want in (("equal", [median] * 4), ("absolute", norms.tolist())):
+        cfg = SteerEvalConfig(alphas=(0, 2.0), scale=scale, random_draws=3)
+        arms = plan_arms(cfg, cv, ["a", "b", "c", "d"], [1])
+        got = {a.name: float(a.delta.norm()) for a in arms if a.kind == "concept"}
+        assert got == pytest.approx({n: 2.0 * w for n, w in zip("abcd", want, strict=True)}, rel=1e-5), scale
+        rand = [float(a.delta.norm()) for a in arms if a.kind == "random"]
+        assert rand == pytest.approx([2.0 * median] * 3, rel=1e-5), scale
+    # steering two of the concepts: equal keeps the set's unit for both arms; absolute's control follows
+    # the steered concepts' median (1.5), each concept its own norm
+    for scale, concept_norms, random_norm in (("equal", [median] * 2, median), ("absolute", [1.0, 2.0], 1.5)):
+        arms = plan_arms(SteerEvalConfig(alphas=(0, 2.0), scale=scale, random_draws=2), cv, ["a", "b"], [1])
+        assert [float(a.delta.norm()) for a in arms if a.kind == "concept"] == pytest.approx(
+            [2.0 * n for n in concept_norms], rel=1e-5
+        ), scale
+        assert [float(a.delta.norm()) for a in arms if a.kind == "random"] == pytest.approx([2.0 * random_norm] * 2)
