@@ -27,7 +27,9 @@ def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--methods", default="caa,centered,logistic", help="vector methods to compare")
     ap.add_argument("--layers", default="20", help="steered blocks (run layers of the default extract)")
-    ap.add_argument("--alphas", default="0,4,8", help="steering strengths (absolute)")
+    ap.add_argument("--alphas", default="0,4,8", help="steering strengths (in --scale units)")
+    ap.add_argument("--scale", default="absolute", choices=["absolute", "equal", "relative"],
+                    help="what alpha multiplies (steerkit steer --scale)")  # fmt: skip
     ap.add_argument("--prompts", type=int, default=8, help="neutral prompts (the first N of the default set)")
     ap.add_argument("--seeds", type=int, default=2, help="sampled continuations per prompt")
     ap.add_argument(
@@ -60,7 +62,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
                 "--random-draws", "2", "--prompts", common.neutral_prompts(work, 3)]  # fmt: skip
     else:
         model, corpus, extract_extra = args.model, common.corpus_for(args), []
-        grid = ["--layers", args.layers, "--alphas", args.alphas, "--seeds", str(args.seeds),
+        grid = ["--layers", args.layers, "--alphas", args.alphas, "--scale", args.scale, "--seeds", str(args.seeds),
                 "--random-draws", str(args.random_draws), "--max-new-tokens", str(args.max_new_tokens),
                 "--prompts", common.neutral_prompts(work, args.prompts)]  # fmt: skip
     per: dict[str, dict] = {}
@@ -77,9 +79,10 @@ def run(args: argparse.Namespace, work: Path) -> None:
         layers, alphas, n_units = rep["layers"], rep["alphas"], rep["n_units"]
         draws = rep["config"]["random_draws"]
         tokens = rep["config"].get("max_new_tokens")
+        scale = rep["config"].get("scale", "absolute")
     ranking = sorted(methods, key=lambda m: (-per[m]["summary"]["n_steerable"], _median(per[m])))
     results = {"methods": per, "ranking": ranking, "best": ranking[0], "layers": layers, "alphas": alphas,
-               "n_units": n_units, "random_draws": draws, "max_new_tokens": tokens, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
+               "n_units": n_units, "random_draws": draws, "max_new_tokens": tokens, "scale": scale, "model": "tiny-llama" if args.quick else args.model}  # fmt: skip
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
     common.write_results(out, results, _report(results))
@@ -139,7 +142,7 @@ def _report(results: dict) -> str:
         "# steering_methods",
         "",
         f"Question: which vector method steers the most concepts? Model {results['model']}; the same reduced steer-eval "
-        f"grid for every method: layers {results['layers']}, alphas {results['alphas']}, {results['n_units']} prompt x "
+        f"grid for every method: layers {results['layers']}, alphas {results['alphas']} ({results.get('scale', 'absolute')} scale), {results['n_units']} prompt x "
         f"seed units per arm, {results.get('max_new_tokens') or '?'} tokens per continuation, "
         f"{results.get('random_draws', '?')} random directions per layer and alpha (the control); "
         f"every continuation judged by the run's {reader} at block {per[best].get('readout_layer')} "
