@@ -1,6 +1,6 @@
 """steering: do the concept vectors steer, at what fluency cost, and do near concepts bleed?
 
-Runs `steerkit steer-eval` (the default grid: every concept x 3 layers x alphas 0,2,4,8, 16 neutral
+Runs `steerkit steer-eval` (the default grid: every concept x 3 layers x alphas 0,3,4,6,8, 16 neutral
 prompts x 2 seeds, a random-direction control) on an extract run, then summarises: the share of
 concepts with an operating point (success = the steered concept among the 3 read best, NLL
 increase < 1 nat/token, beating random directions after Holm), the success-vs-fluency frontier,

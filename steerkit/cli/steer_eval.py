@@ -30,12 +30,12 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
     try:
         vals = tuple(float(x) for x in spec.split(",") if x.strip())
     except ValueError as e:
-        raise ExperimentError(f"{what} {spec!r}: give comma-separated numbers, e.g. 0,2,4,8") from e
+        raise ExperimentError(f"{what} {spec!r}: give comma-separated numbers, e.g. 0,3,4,6,8") from e
     bad = [v for v in vals if not math.isfinite(v)]
     if bad:
         raise ExperimentError(f"{what} {spec!r}: every value must be a finite number (got {bad[0]})")
     if not vals:
-        raise ExperimentError(f"{what} is empty; give comma-separated numbers, e.g. 0,2,4,8")
+        raise ExperimentError(f"{what} is empty; give comma-separated numbers, e.g. 0,3,4,6,8")
     return vals
 
 
@@ -45,7 +45,7 @@ def _floats(spec: str, what: str) -> tuple[float, ...]:
 @click.option("--concepts", default="all", show_default=True, help="Concepts to steer: a,b,c or all.")
 @click.option("--layers", default="auto", show_default=True,
               help="Blocks to steer (run layers): 10,15,20 or auto (the run layers nearest 1/3, 1/2, 2/3 of depth).")  # fmt: skip
-@click.option("--alphas", default="0,2,4,8", show_default=True, help="Strengths; 0 (unsteered) is always run.")
+@click.option("--alphas", default="0,3,4,6,8", show_default=True, help="Strengths; 0 (unsteered) is always run.")
 @click.option("--scale", type=click.Choice(["absolute", "equal", "relative"]), default="absolute", show_default=True,
               help="absolute: alpha x raw diff-of-means; equal: alpha x the set's median vector norm x unit vector "
                    "(every concept and the random control pushed as hard); relative: alpha x local hidden norm x unit vector.")  # fmt: skip

@@ -30,7 +30,7 @@ class SteerEvalConfig:
 
     concepts: tuple[str, ...] = ()
     layers: str = "auto"
-    alphas: tuple[float, ...] = (0.0, 2.0, 4.0, 8.0)
+    alphas: tuple[float, ...] = (0.0, 3.0, 4.0, 6.0, 8.0)  # no operating point at 2 at 64 tokens (docs/steer-eval.md)
     scale: str = "absolute"
     seeds: int = 2
     seed: int = 0

@@ -174,6 +174,8 @@ def test_cli_defaults_are_the_config_defaults():
             assert p.default == fields[p.name], p.name
             checked += 1
     assert checked >= 10 and fields["max_new_tokens"] == 64
+    alphas = next(p for p in cmd.params if p.name == "alphas").default  # a tuple field, given as text
+    assert tuple(float(a) for a in alphas.split(",")) == fields["alphas"] == (0.0, 3.0, 4.0, 6.0, 8.0)
 
 
 def test_every_scale_is_offered_wherever_a_scale_is_chosen():
