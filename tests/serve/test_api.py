@@ -213,6 +213,7 @@ BAD = [
     ({"prompt": "x", "steer": {"concepts": {"calm": "4"}}}, 400, "must be a number"),
     ({"prompt": "x", "steer": {"concepts": {"calm": 1}, "layers": [2]}}, 400, "layer 2 is not in the run"),
     ({"prompt": "x", "steer": {"concepts": {"calm": 1}, "mode": "multiply"}}, 400, "steer.mode"),
+    ({"prompt": "x", "steer": {"concepts": {"calm": 1}, "scale": "unit"}}, 400, "absolute, equal, relative"),
     ({"prompt": "x", "steer": {"concepts": {}}}, 400, "non-empty"),
     ({"prompt": "x", "steer": {"concepts": {"calm": None}}}, 400, "no operating point"),
     ({"prompt": "x", "steer": {"concepts": {"calm": 1}, "file": "/etc/passwd"}}, 400, "unknown field steer.file"),
