@@ -7,11 +7,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-SCALE_NAMES = (
-    "absolute",
-    "equal",
-    "relative",
-)  # steering.SCALES (this module stays free of torch; a test keeps them equal)
+# steering.SCALES, copied so that this module stays free of torch (a test keeps the two equal)
+SCALE_NAMES = ("absolute", "equal", "relative")
 
 
 @dataclass(frozen=True)

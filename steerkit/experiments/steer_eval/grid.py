@@ -3,8 +3,8 @@ row cache, and the loop that generates, scores and caches every row in chunks of
 left-padded generate(), one NLL pass and one capture call per chunk).
 
 Rows are cached by (model fingerprint, readout, layer, how the delta is added (relative or not),
-direction hash, prompt, seed, decoding, max_new_tokens), so an interrupted run resumes where it stopped and a rerun with a larger
-grid computes only the new rows.
+direction hash, prompt, seed, decoding, max_new_tokens), so an interrupted run resumes where it
+stopped and a rerun with a larger grid computes only the new rows.
 """
 
 from __future__ import annotations
@@ -67,8 +67,10 @@ def random_directions(cv: Any, concepts: list[str], layer: int, draws: int, seed
 
     if scale == "absolute":
         norm = float(np.median([float(cv.norms[layer][cv.index(c)]) for c in concepts]))
+    elif scale == "equal":
+        norm = equal_norm(cv, layer)
     else:
-        norm = equal_norm(cv, layer) if scale == "equal" else 1.0
+        norm = 1.0
     out = []
     for k in range(draws):
         g = torch.Generator().manual_seed(arm_seed(seed, layer, RANDOM_TAG, k))
