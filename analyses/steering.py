@@ -25,6 +25,7 @@ import numpy as np  # noqa: E402
 def main() -> None:
     ap = common.parser(__doc__)
     ap.add_argument("--vectors", default=None, help="extract run (default: make one in a temporary folder)")
+    ap.add_argument("--layers", default=None, help="blocks to steer, e.g. 15,20 (default: steer-eval's auto, 10,15,20)")
     args = ap.parse_args()
     with common.scratch("steering", args.keep) as work:
         run(args, work)
@@ -51,15 +52,18 @@ def run(args: argparse.Namespace, work: Path) -> None:
             common.steerkit(
                 "extract", "--stories", str(common.corpus_for(args)), "--model", args.model, "--out", vectors
             )
-        grid = []
+        grid = [] if args.layers is None else ["--layers", args.layers]
     common.steerkit("steer-eval", "--vectors", vectors, "--out", str(work / "eval"), *grid)
     rep = json.loads((work / "eval" / "steer_eval.json").read_text())
     for f in [*(work / "eval").glob("*.png"), work / "eval" / "steer_eval.md"]:  # the figures and the full table
         (out / f.name).write_bytes(f.read_bytes())
+    cfg = rep["config"]
     results = {"summary": rep["summary"], "operating_points": rep["operating_points"], "layers": rep["layers"],
                "alphas": rep["alphas"], "n_units": rep["n_units"], "geometry": _geometry(rep, Path(vectors)),
+               "held_out": rep.get("held_out"), "by_layer": _by_layer(rep),
+               "grid": {k: cfg.get(k) for k in ("scale", "max_new_tokens", "random_draws", "seeds", "greedy")},
                "model": "tiny-llama" if args.quick else rep["source"].get("model") or args.model,
-               "reader": rep["source"].get("reader")}  # fmt: skip
+               "reader": _reader(rep["source"])}  # fmt: skip
     _frontier(rep, out)
     results["seconds"] = clock.seconds
     results["environment"] = common.environment()
@@ -89,6 +93,21 @@ def _geometry(rep: dict, run: Path) -> dict:
     return {"n_pairs": len(xs), "pearson_r": round(r, 4), "readout_layer": int(layer)}
 
 
+def _reader(source: dict) -> str:
+    """Who judged the continuations, in words: 'shrinkage_lda probe at block 17'."""
+    who = f"{source['probe_kind']} probe" if source.get("reader") == "probe" else str(source.get("reader"))
+    return f"{who} at block {source.get('readout_layer')}"
+
+
+def _by_layer(rep: dict) -> dict[str, int]:
+    """How many operating points each steered block holds (a concept's point is its best cell)."""
+    out = {str(layer): 0 for layer in rep["layers"]}
+    for op in rep["operating_points"].values():
+        if op and op.get("layer") is not None:
+            out[str(op["layer"])] = out.get(str(op["layer"]), 0) + 1
+    return out
+
+
 def _frontier(rep: dict, out: Path) -> None:
     with common.figure(out / "frontier.png", (7, 5)) as fig:
         ax = fig.subplots()
@@ -113,17 +132,25 @@ def _report(results: dict) -> str:
     worst = ", ".join(f"{b['concept']} ({(b.get('success') or 0):.0%})" for b in s.get("worst", []))
     med = s.get("median_nll_increase")
     rnd = s.get("random_success")
+    grid = results.get("grid") or {}
+    decoding = "greedy" if grid.get("greedy") else "sampled"
+    held = s.get("n_held_out")
+    layers = ", ".join(f"block {k}: {v}" for k, v in (results.get("by_layer") or {}).items())
     return "\n".join([
         "# steering",
         "",
         f"Question: do the vectors steer, at what fluency cost? Model {results.get('model')}, layers {results['layers']}, "
-        f"alphas {results['alphas']}, {results['n_units']} prompt x seed units per arm, continuations judged by the run's "
-        f"{results.get('reader')}. Runtime {results['seconds']:.0f} s.",
+        f"alphas {results['alphas']} ({grid.get('scale')}), {results['n_units']} prompt x seed units per arm "
+        f"({decoding}, {grid.get('max_new_tokens')} tokens), {grid.get('random_draws')} random directions per layer "
+        f"and alpha, continuations judged by the run's {results.get('reader')}. Runtime {results['seconds']:.0f} s.",
         "",
         f"**Headline:** {s.get('n_steerable')} of {s.get('n_concepts')} concepts ({s.get('share_steerable', 0):.0%}) have an "
-        f"operating point (success claim against random directions, NLL increase < 1 nat/token); median NLL increase "
-        f"there {'n/a' if med is None else f'{med:.2f}'} nat/token; random-direction success "
-        f"{'n/a' if rnd is None else f'{rnd:.0%}'}.",
+        f"operating point (a claim against random directions after Holm over the grid, success >= 50%, NLL increase "
+        f"<= 1 nat/token); median NLL increase there {'n/a' if med is None else f'{med:.2f}'} nat/token; random-direction "
+        f"success {'n/a' if rnd is None else f'{rnd:.0%}'}. "
+        + ("" if held is None else f"{held} of the {s.get('n_steerable')} keep success >= 50% within the budget on the "
+           "prompts that did not choose their cell (held out, steer_eval.md). ")
+        + (f"Operating points per block: {layers}." if layers else ""),
         "",
         f"- best steered: {best or 'none'}",
         f"- worst steered: {worst or 'none'}",

@@ -27,6 +27,9 @@ def test_quick_mode(name, tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["seconds"] >= 0
+    if name == "steering":  # every operating point lies on one of the steered blocks
+        assert sum(results["by_layer"].values()) == results["summary"]["n_steerable"]
+        assert set(results["by_layer"]) == {str(layer) for layer in results["layers"]}
     report = (tmp_path / "report.md").read_text()
     assert report.startswith(f"# {name}") and "Headline" in report or name == "benchmarks_summary"
 
