@@ -60,7 +60,7 @@ def run(args: argparse.Namespace, work: Path) -> None:
     cfg = rep["config"]
     results = {"summary": rep["summary"], "operating_points": rep["operating_points"], "layers": rep["layers"],
                "alphas": rep["alphas"], "n_units": rep["n_units"], "geometry": _geometry(rep, Path(vectors)),
-               "held_out": rep.get("held_out"), "by_layer": _by_layer(rep),
+               "held_out": rep.get("held_out"), "by_layer": _by_layer(rep), "rows": rep.get("stats"),
                "grid": {k: cfg.get(k) for k in ("scale", "max_new_tokens", "random_draws", "seeds", "greedy")},
                "model": "tiny-llama" if args.quick else rep["source"].get("model") or args.model,
                "reader": _reader(rep["source"])}  # fmt: skip
@@ -97,6 +97,13 @@ def _reader(source: dict) -> str:
     """Who judged the continuations, in words: 'shrinkage_lda probe at block 17'."""
     who = f"{source['probe_kind']} probe" if source.get("reader") == "probe" else str(source.get("reader"))
     return f"{who} at block {source.get('readout_layer')}"
+
+
+def _rows(stats: dict | None) -> str:
+    """The generations behind the runtime: how many came from steer-eval's row cache (an earlier run)."""
+    if not stats:
+        return ""
+    return f" ({stats['rows']} generations, {stats['cached']} of them from the row cache of earlier runs)"
 
 
 def _by_layer(rep: dict) -> dict[str, int]:
@@ -142,7 +149,8 @@ def _report(results: dict) -> str:
         f"Question: do the vectors steer, at what fluency cost? Model {results.get('model')}, layers {results['layers']}, "
         f"alphas {results['alphas']} ({grid.get('scale')}), {results['n_units']} prompt x seed units per arm "
         f"({decoding}, {grid.get('max_new_tokens')} tokens), {grid.get('random_draws')} random directions per layer "
-        f"and alpha, continuations judged by the run's {results.get('reader')}. Runtime {results['seconds']:.0f} s.",
+        f"and alpha, continuations judged by the run's {results.get('reader')}. Runtime {results['seconds']:.0f} s"
+        + _rows(results.get("rows")) + ".",
         "",
         f"**Headline:** {s.get('n_steerable')} of {s.get('n_concepts')} concepts ({s.get('share_steerable', 0):.0%}) have an "
         f"operating point (a claim against random directions after Holm over the grid, success >= 50%, NLL increase "
